@@ -1,0 +1,187 @@
+"""Typed run configs: parsing ``--set key=value`` against config dataclasses, TOML loading."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import tomllib
+
+from mmvae_bench.errors import BenchError
+
+__all__ = [
+    "RunConfig",
+    "coerce_value",
+    "config_fields",
+    "load_toml",
+    "make_config",
+    "parse_assignments",
+]
+
+Device = Literal["cpu", "cuda", "auto"]
+Precision = Literal["no", "bf16", "fp16"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Everything about a run that is not the model's hyperparameters.
+
+    Attributes:
+        model: registry name of the model.
+        dataset: registry name of the dataset.
+        seed: seed of model init, batching and sampling.
+        device: ``cpu``, ``cuda`` or ``auto`` (cuda when available).
+        threads: torch intra-op threads (see the CLI's ``--threads`` for the default's reason).
+        out: folder that receives ``<run-id>/``.
+        protocol: evaluation protocol name (``full`` or ``quick``).
+        data_dir: where published datasets live.
+        cache_dir: where built-in datasets and classifiers are cached.
+        epochs: per-stage epoch overrides, ``{stage: epochs}``; key ``"*"`` sets every stage.
+        overrides: model config fields set by the user (``--set``), already typed.
+        precision: mixed precision through accelerate (``no``, ``bf16``, ``fp16``).
+        compile: wrap the model's hot modules with ``torch.compile``.
+        evaluate: run the evaluation protocol after training.
+        run_id: fixed run id (default: model-dataset-seed-timestamp).
+    """
+
+    model: str
+    dataset: str = "polymnist-lite"
+    seed: int = 0
+    device: Device = "auto"
+    threads: int = 1
+    out: Path = Path("runs")
+    protocol: str = "standard"
+    data_dir: Path | None = None
+    cache_dir: Path = Path(".cache/mmvae-bench")
+    epochs: Mapping[str, int] = field(default_factory=dict)
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    precision: Precision = "no"
+    compile: bool = False
+    evaluate: bool = True
+    run_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise BenchError(f"threads must be >= 1, got {self.threads}")
+        for stage, n in self.epochs.items():
+            if n < 0:
+                raise BenchError(f"epochs for stage '{stage}' must be >= 0, got {n}")
+
+
+def config_fields(cls: type) -> dict[str, Any]:
+    """``{field_name: resolved type}`` of a config dataclass (init fields only)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+
+
+def _is_none_type(t: Any) -> bool:
+    return t is type(None)
+
+
+def coerce_value(name: str, raw: Any, typ: Any) -> Any:
+    """Convert ``raw`` (a string from the CLI or a TOML value) to ``typ``; errors name the field."""
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if origin in (typing.Union, types.UnionType):
+        if isinstance(raw, str) and raw.lower() in ("none", "null") and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if _is_none_type(a):
+                continue
+            try:
+                return coerce_value(name, raw, a)
+            except BenchError as e:
+                errors.append(str(e))
+        raise BenchError(errors[0] if errors else f"{name}: cannot parse {raw!r}")
+    if origin is Literal:
+        for a in args:
+            if raw == a or (isinstance(raw, str) and str(a) == raw):
+                return a
+        raise BenchError(f"{name} must be one of {list(args)}, got {raw!r}")
+    if origin in (tuple, list):
+        items = raw.split(",") if isinstance(raw, str) else list(raw)
+        inner = args[0] if args else str
+        vals = [coerce_value(name, i.strip() if isinstance(i, str) else i, inner) for i in items]
+        return tuple(vals) if origin is tuple else vals
+    if typ is bool:
+        if isinstance(raw, bool):
+            return raw
+        s = str(raw).lower()
+        if s in ("1", "true", "yes", "on"):
+            return True
+        if s in ("0", "false", "no", "off"):
+            return False
+        raise BenchError(f"{name} must be true or false, got {raw!r}")
+    if typ is int:
+        if isinstance(raw, bool):
+            raise BenchError(f"{name} must be an integer, got {raw!r}")
+        if isinstance(raw, int):
+            return raw
+        try:
+            return int(str(raw))
+        except ValueError:
+            raise BenchError(f"{name} must be an integer, got {raw!r}") from None
+    if typ is float:
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            return float(raw)
+        try:
+            return float(str(raw))
+        except ValueError:
+            raise BenchError(f"{name} must be a number, got {raw!r}") from None
+    if typ is str:
+        return str(raw)
+    if typ is Path:
+        return Path(str(raw))
+    raise BenchError(f"{name}: unsupported field type {typ!r}")
+
+
+def parse_assignments(items: list[str], cls: type) -> dict[str, Any]:
+    """Parse ``key=value`` strings into typed values for the fields of ``cls``.
+
+    Unknown keys raise :class:`BenchError` listing the valid ones.
+    """
+    fields = config_fields(cls)
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise BenchError(f"--set expects key=value, got {item!r}")
+        if key not in fields:
+            raise BenchError(
+                f"unknown config field '{key}' for {cls.__name__}; valid: {', '.join(fields)}"
+            )
+        out[key] = coerce_value(key, raw.strip(), fields[key])
+    return out
+
+
+def make_config(cls: type, values: Mapping[str, Any]) -> Any:
+    """Build config ``cls`` from ``values`` (typed or raw); unknown keys are an error."""
+    fields = config_fields(cls)
+    unknown = [k for k in values if k not in fields]
+    if unknown:
+        raise BenchError(
+            f"unknown config field(s) {unknown} for {cls.__name__}; valid: {', '.join(fields)}"
+        )
+    typed = {k: coerce_value(k, v, fields[k]) for k, v in values.items()}
+    try:
+        return cls(**typed)
+    except TypeError as e:  # a required field missing
+        raise BenchError(f"{cls.__name__}: {e}") from None
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML file; a missing or malformed file is a :class:`BenchError` naming it."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise BenchError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise BenchError(f"{path}: invalid TOML: {e}") from None

@@ -1,0 +1,1 @@
+"""Evaluation: coherence classifiers, coherence, FID, and the protocol that fixes them."""

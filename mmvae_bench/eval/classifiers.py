@@ -1,0 +1,202 @@
+"""Coherence classifiers: trained once per dataset and modality, cached with test accuracy."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmvae_bench.data.spec import MultimodalDataset, iter_batches
+from mmvae_bench.errors import BenchError
+from mmvae_bench.io import atomic_torch_save, load_tensors
+from mmvae_bench.nets import build_classifier
+
+__all__ = [
+    "Classifier",
+    "balanced_accuracy",
+    "classifier_dir",
+    "dataset_fingerprint",
+    "get_classifiers",
+    "predict",
+    "train_classifiers",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Classifier:
+    """A trained coherence classifier for one modality, with its test accuracy."""
+
+    modality: str
+    net: nn.Module
+    accuracy: float
+    source: str  # "trained" or the weights file it was loaded from
+
+
+def dataset_fingerprint(dataset: MultimodalDataset) -> str:
+    """Short hash of what a classifier depends on: name, specs, sizes, test labels."""
+    h = hashlib.sha256()
+    h.update(dataset.name.encode())
+    for m, s in dataset.specs.items():
+        h.update(f"{m}:{s.shape}:{s.classifier}".encode())
+    h.update(f"{len(dataset.train)}:{len(dataset.test)}".encode())
+    h.update(dataset.test.y.to(torch.int64).numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def classifier_dir(dataset: MultimodalDataset, cache_dir: Path) -> Path:
+    """Where the classifiers of ``dataset`` are cached."""
+    return Path(cache_dir) / "classifiers" / f"{dataset.name}-{dataset_fingerprint(dataset)}"
+
+
+def balanced_accuracy(pred: Tensor, target: Tensor, n_classes: int) -> float:
+    """Mean over classes present in ``target`` of the per-class accuracy (vectorised)."""
+    target = target.long().cpu()
+    correct = (pred.long().cpu() == target).float()
+    hits = torch.bincount(target, weights=correct, minlength=n_classes)
+    counts = torch.bincount(target, minlength=n_classes).float()
+    present = counts > 0
+    return float((hits[present] / counts[present]).mean())
+
+
+@torch.no_grad()
+def predict(net: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:
+    """Class predictions for ``x`` (N, *shape) in batches."""
+    net.eval()
+    outs = [net(x[i : i + batch_size]).argmax(-1) for i in range(0, len(x), batch_size)]
+    return torch.cat(outs) if outs else torch.empty(0, dtype=torch.long, device=x.device)
+
+
+def _train_one(
+    net: nn.Module, x: Tensor, y: Tensor, epochs: int, seed: int, batch_size: int = 128
+) -> None:
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(seed)
+    net.train()
+    for _ in range(epochs):
+        for batch, _ in iter_batches({"x": x, "y": y}, batch_size, shuffle=True, generator=gen):
+            loss = F.cross_entropy(net(batch["x"]), batch["y"].long())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    net.eval()
+
+
+def train_classifiers(
+    dataset: MultimodalDataset,
+    cache_dir: Path,
+    *,
+    epochs: int = 5,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    modalities: list[str] | None = None,
+) -> dict[str, Classifier]:
+    """Train one classifier per modality on the train split, cache it with its test accuracy."""
+    out_dir = classifier_dir(dataset, cache_dir)
+    result: dict[str, Classifier] = {}
+    for i, m in enumerate(modalities or list(dataset.specs)):
+        spec = dataset.specs[m]
+        torch.manual_seed(seed + i)
+        net = build_classifier(spec, dataset.n_classes).to(device)
+        t0 = time.perf_counter()
+        _train_one(net, dataset.train.x[m].to(device), dataset.train.y.to(device), epochs, seed + i)
+        pred = predict(net, dataset.test.x[m].to(device))
+        acc = balanced_accuracy(pred, dataset.test.y, dataset.n_classes)
+        log.info(
+            "classifier %s/%s: accuracy %.3f (%.1f s)",
+            dataset.name,
+            m,
+            acc,
+            time.perf_counter() - t0,
+        )
+        atomic_torch_save(
+            out_dir / f"{m}.pt",
+            {
+                "state_dict": net.cpu().state_dict(),
+                "accuracy": acc,
+                "epochs": epochs,
+                "classifier": spec.classifier,
+                "n_classes": dataset.n_classes,
+            },
+        )
+        net.to(device)
+        result[m] = Classifier(m, net, acc, "trained")
+    (out_dir / "accuracy.json").write_text(
+        json.dumps({m: c.accuracy for m, c in result.items()}, indent=2)
+    )
+    return result
+
+
+def _load_one(
+    path: Path, dataset: MultimodalDataset, m: str, device: torch.device | str
+) -> Classifier:
+    blob = load_tensors(
+        path,
+        what=f"classifier for '{m}'",
+        fix=f"mmvae-bench classifiers train --dataset {dataset.name}",
+    )
+    net = build_classifier(dataset.specs[m], dataset.n_classes)
+    try:
+        net.load_state_dict(blob["state_dict"])
+    except (KeyError, RuntimeError) as e:
+        raise BenchError(f"classifier weights {path} do not fit '{m}': {e}") from None
+    net.to(device).eval().requires_grad_(False)
+    acc = blob.get("accuracy")
+    if acc is None:  # published weights come without our accuracy: measure it
+        acc = balanced_accuracy(
+            predict(net, dataset.test.x[m].to(device)), dataset.test.y, dataset.n_classes
+        )
+    return Classifier(m, net, float(acc), str(path))
+
+
+def get_classifiers(
+    dataset: MultimodalDataset,
+    cache_dir: Path,
+    *,
+    device: torch.device | str = "cpu",
+    weights_dir: Path | None = None,
+    train_if_missing: bool = True,
+    epochs: int = 5,
+) -> dict[str, Classifier]:
+    """The coherence classifiers of ``dataset``, refusing any below the accuracy floor.
+
+    Looks in ``weights_dir`` (``<modality>.pt``, e.g. published weights) if given, else in the
+    cache; trains the missing ones when ``train_if_missing``.
+    """
+    src = Path(weights_dir) if weights_dir else classifier_dir(dataset, cache_dir)
+    result: dict[str, Classifier] = {}
+    missing = []
+    for m in dataset.specs:
+        path = src / f"{m}.pt"
+        if path.is_file():
+            result[m] = _load_one(path, dataset, m, device)
+        elif weights_dir is not None or not train_if_missing:
+            raise BenchError(
+                f"no classifier for '{m}' at {path}; "
+                f"run: mmvae-bench classifiers train --dataset {dataset.name}"
+            )
+        else:
+            missing.append(m)
+    if missing:
+        log.info("training coherence classifiers for %s: %s", dataset.name, missing)
+        result.update(
+            train_classifiers(dataset, cache_dir, epochs=epochs, device=device, modalities=missing)
+        )
+    for m, c in result.items():
+        c.net.eval().requires_grad_(False)
+        if c.accuracy < dataset.classifier_floor:
+            raise BenchError(
+                f"classifier for '{m}' on {dataset.name} has test accuracy {c.accuracy:.3f}, "
+                f"below the floor {dataset.classifier_floor}; coherence would be meaningless. "
+                f"Retrain with more epochs: mmvae-bench classifiers train --dataset "
+                f"{dataset.name} --epochs N"
+            )
+    return {m: result[m] for m in dataset.specs}

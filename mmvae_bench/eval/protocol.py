@@ -1,0 +1,96 @@
+"""The evaluation protocol: what is computed, on how many samples, and the metric keys.
+
+One module decides it, so every model is evaluated the same way; a protocol's name and
+version go into every record, and results of different protocols never share a leaderboard
+row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from mmvae_bench.errors import BenchError
+from mmvae_bench.hmc import HMCSettings
+
+__all__ = [
+    "COND_COHERENCE",
+    "COND_COHERENCE_BY_SIZE",
+    "CLASSIFIER_ACCURACY",
+    "HMC_ACCEPTANCE",
+    "JOINT_COHERENCE",
+    "JOINT_LABEL_HIST",
+    "PROTOCOLS",
+    "Protocol",
+    "get_protocol",
+]
+
+# Metric keys of the run record (``results.json["metrics"]``).
+COND_COHERENCE = "conditional_coherence"  # {subset_key: {target: acc, "mean": acc}}
+COND_COHERENCE_BY_SIZE = "conditional_coherence_by_size"  # {"1": {"mean", "std", "n"}}
+JOINT_COHERENCE = "joint_coherence"  # fraction of prior samples all classifiers agree on
+JOINT_LABEL_HIST = "joint_label_histogram"  # {modality: [count per class]}
+HMC_ACCEPTANCE = "hmc_acceptance"  # {subset_key: mean acceptance}
+CLASSIFIER_ACCURACY = "classifier_accuracy"  # {modality: test accuracy}
+FID = "fid"  # {extractor: {modality: {"unconditional": v, subset_key: v}}}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Protocol:
+    """Every evaluation setting; recorded verbatim with the results.
+
+    Attributes:
+        name: ``full`` or ``quick``.
+        version: bumped whenever a setting changes; part of a leaderboard row's identity.
+        test_samples: test datapoints used (a fixed-seed subsample); None = the whole test set.
+        joint_samples: prior samples for joint coherence.
+        hmc: HMC settings for subset posteriors sampled by MCMC.
+        batch_size: evaluation batch size (results do not depend on it).
+        fid_samples: generated samples per FID number; None = as many as test_samples.
+        subsample_seed: seed of the test subsample.
+        label: shown next to numbers made with this protocol.
+    """
+
+    name: str
+    version: str
+    test_samples: int | None
+    joint_samples: int
+    hmc: HMCSettings
+    batch_size: int = 250
+    fid_samples: int | None = None
+    subsample_seed: int = 0
+    label: str = ""
+
+    def as_record(self) -> dict[str, Any]:
+        """The protocol as a JSON-able dict (what the record stores)."""
+        return asdict(self)
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    # The published settings: whole test set, 10,000 prior samples, HMC 100 x 10 at 0.01.
+    "full": Protocol(
+        name="full",
+        version="full-1",
+        test_samples=None,
+        joint_samples=10_000,
+        hmc=HMCSettings(steps=100, n_leapfrog=10, step_size=0.01),
+    ),
+    # CPU smoke runs: numbers are noisy and labelled as such.
+    "quick": Protocol(
+        name="quick",
+        version="quick-1",
+        test_samples=500,
+        joint_samples=1_000,
+        hmc=HMCSettings(steps=30, n_leapfrog=10, step_size=0.01),
+        fid_samples=500,
+        label="quick protocol (CPU smoke run: 500 test points, HMC 30x10)",
+    ),
+}
+
+
+def get_protocol(name: str) -> Protocol:
+    """The protocol registered as ``name``; unknown names list the known ones."""
+    try:
+        return PROTOCOLS[name]
+    except KeyError:
+        raise BenchError(f"unknown protocol '{name}'; available: {', '.join(PROTOCOLS)}") from None

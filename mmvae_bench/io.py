@@ -1,0 +1,71 @@
+"""Atomic file writes (temp file in the same folder + rename) and safe tensor loading."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from mmvae_bench.errors import BenchError
+
+__all__ = ["atomic_write", "atomic_write_json", "atomic_torch_save", "load_tensors"]
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write ``path`` through ``write(fileobj)`` so that readers see the old or the new file.
+
+    The data goes to a temp file in the same folder, is flushed and fsynced, then renamed over
+    ``path``; on any error the temp file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_json(path: Path, obj: Any) -> Path:
+    """Atomically write ``obj`` as indented JSON (NaN written as null is the caller's choice)."""
+    data = json.dumps(obj, indent=2, sort_keys=False, default=str).encode()
+    return atomic_write(path, lambda f: f.write(data + b"\n"))
+
+
+def atomic_torch_save(path: Path, obj: Any) -> Path:
+    """Atomically ``torch.save`` ``obj`` (tensors, dicts, lists, numbers, strings only)."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def load_tensors(path: Path, *, what: str = "file", fix: str = "") -> Any:
+    """``torch.load(path, weights_only=True)``; missing or corrupt files raise ``BenchError``.
+
+    Args:
+        path: file to read.
+        what: what the file is, for the message (``"checkpoint"``, ``"MHD train split"``).
+        fix: the command that recreates the file, appended to the message.
+    """
+    path = Path(path)
+    hint = f"; {fix}" if fix else ""
+    if not path.is_file():
+        raise BenchError(f"{what} not found: {path}{hint}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise BenchError(
+            f"{what} {path} is corrupt or unreadable ({type(e).__name__}: {e}){hint}"
+        ) from None

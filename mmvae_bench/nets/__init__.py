@@ -1,0 +1,93 @@
+"""Networks per data shape, looked up by the names a :class:`ModalitySpec` gives.
+
+``build_encoder(spec, out_features)`` maps ``(B, *spec.shape)`` to features,
+``build_decoder(spec, latent_dim)`` maps ``(..., latent_dim)`` to the likelihood parameters of
+shape ``(..., *spec.shape)``, ``build_classifier(spec, n_classes)`` gives a coherence classifier.
+Unknown names are an error listing the known ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from mmvae_bench.data.spec import ModalitySpec
+from mmvae_bench.errors import BenchError
+from mmvae_bench.nets.blocks import (
+    Conv28Decoder,
+    Conv28Encoder,
+    Conv32Decoder,
+    Conv32Encoder,
+    MLPDecoder,
+    MLPEncoder,
+    SoundDecoder,
+    SoundEncoder,
+    flat_batch,
+)
+from mmvae_bench.nets.classifiers import (
+    CNN28,
+    CNN32,
+    MLPClassifier,
+    SoundClassifier,
+    SVHNClassifier,
+)
+
+__all__ = [
+    "CLASSIFIERS",
+    "DECODERS",
+    "ENCODERS",
+    "build_classifier",
+    "build_decoder",
+    "build_encoder",
+    "flat_batch",
+]
+
+
+def _channels(spec: ModalitySpec) -> int:
+    return spec.shape[0] if len(spec.shape) == 3 else 1
+
+
+ENCODERS: dict[str, Callable[[ModalitySpec, int, int], nn.Module]] = {
+    "conv28": lambda s, out, w: Conv28Encoder(_channels(s), out, w),
+    "conv32": lambda s, out, w: Conv32Encoder(_channels(s), out, w),
+    "sound": lambda s, out, w: SoundEncoder(out, 2 * w),
+    "mlp": lambda s, out, w: MLPEncoder(s.shape, out, 16 * w),
+}
+DECODERS: dict[str, Callable[[ModalitySpec, int, int], nn.Module]] = {
+    "conv28": lambda s, d, w: Conv28Decoder(d, _channels(s), w),
+    "conv32": lambda s, d, w: Conv32Decoder(d, _channels(s), w),
+    "sound": lambda s, d, w: SoundDecoder(d, 2 * w),
+    "mlp": lambda s, d, w: MLPDecoder(d, s.shape, 16 * w),
+}
+CLASSIFIERS: dict[str, Callable[[ModalitySpec, int], nn.Module]] = {
+    "cnn28": lambda s, k: CNN28(_channels(s), k),
+    "cnn32": lambda s, k: CNN32(_channels(s), k),
+    "svhn": lambda s, k: SVHNClassifier(_channels(s), k),
+    "sound": lambda s, k: SoundClassifier(k),
+    "mlp": lambda s, k: MLPClassifier(s.shape, k),
+}
+
+
+def _get(table: dict[str, Callable[..., nn.Module]], kind: str, name: str) -> Callable:
+    try:
+        return table[name]
+    except KeyError:
+        raise BenchError(
+            f"unknown {kind} net '{name}'; known: {', '.join(sorted(table))}"
+        ) from None
+
+
+def build_encoder(spec: ModalitySpec, out_features: int, width: int = 16) -> nn.Module:
+    """Encoder named by ``spec.encoder``: ``(B, *spec.shape) -> (B, out_features)``."""
+    return _get(ENCODERS, "encoder", spec.encoder)(spec, out_features, width)
+
+
+def build_decoder(spec: ModalitySpec, latent_dim: int, width: int = 16) -> nn.Module:
+    """Decoder named by ``spec.decoder``: ``(..., latent_dim) -> (..., *spec.shape)``."""
+    return _get(DECODERS, "decoder", spec.decoder)(spec, latent_dim, width)
+
+
+def build_classifier(spec: ModalitySpec, n_classes: int) -> nn.Module:
+    """Coherence classifier named by ``spec.classifier``: ``(B, *shape) -> (B, n_classes)``."""
+    return _get(CLASSIFIERS, "classifier", spec.classifier)(spec, n_classes)

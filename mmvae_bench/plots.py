@@ -1,0 +1,88 @@
+"""Pictures people look at: conditional sample grids (more figures live in leaderboard.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from mmvae_bench.data.spec import ModalitySpec, Split  # noqa: E402
+from mmvae_bench.model import MultimodalVAE  # noqa: E402
+
+__all__ = ["sample_grid", "to_rgb"]
+
+CELL = 32
+
+
+def to_rgb(x: Tensor, spec: ModalitySpec) -> Tensor:
+    """Render a batch ``(B, *shape)`` as ``(B, CELL, CELL, 3)`` images in [0, 1].
+
+    Images are resized; spectrograms are min-max scaled; sequences of (x, y) points (MHD
+    trajectories) are rasterised as dots.
+    """
+    x = x.detach().float().cpu()
+    b = x.shape[0]
+    if spec.kind in ("image", "spectrogram") and x.dim() == 4:
+        if spec.kind == "spectrogram":
+            lo = x.amin(dim=(1, 2, 3), keepdim=True)
+            hi = x.amax(dim=(1, 2, 3), keepdim=True)
+            x = (x - lo) / (hi - lo).clamp_min(1e-8)
+        else:
+            lo, hi = spec.value_range
+            x = ((x - lo) / (hi - lo)).clamp(0, 1)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = torch.nn.functional.interpolate(x[:, :3], size=(CELL, CELL), mode="nearest")
+        return x.permute(0, 2, 3, 1)
+    flat = x.reshape(b, -1)
+    canvas = torch.zeros(b, CELL * CELL)
+    if flat.shape[1] % 2 == 0:
+        pts = flat.view(b, -1, 2)
+        lo, hi = pts.amin(dim=1, keepdim=True), pts.amax(dim=1, keepdim=True)
+        pts = ((pts - lo) / (hi - lo).clamp_min(1e-8) * (CELL - 1)).round().long()
+        idx = (CELL - 1 - pts[..., 1]) * CELL + pts[..., 0]
+        canvas.scatter_(1, idx, 1.0)
+    return canvas.view(b, CELL, CELL, 1).expand(-1, -1, -1, 3)
+
+
+@torch.no_grad()
+def sample_grid(
+    model: MultimodalVAE, test: Split, path: Path, *, n_examples: int = 8, device: str = "cpu"
+) -> Path:
+    """Write a PNG: for each single input modality, the inputs and every generated modality.
+
+    One block per input modality: the first row is the input, the next rows the modalities
+    generated from it (the input's own row is its reconstruction through the posterior).
+    """
+    mods = model.modalities
+    batch = {m: t[:n_examples].to(device) for m, t in test.x.items()}
+    rows: list[Tensor] = []
+    labels: list[str] = []
+    for m in mods:
+        gen = model.generate({m: batch[m]}, (m,), 1)
+        rows.append(to_rgb(batch[m], model.specs[m]))
+        labels.append(f"input {m}")
+        for t in mods:
+            rows.append(to_rgb(gen[t][0], model.specs[t]))
+            labels.append(f"  {m} -> {t}")
+    grid = torch.stack(rows)  # (R, B, H, W, 3)
+    r, b = grid.shape[:2]
+    pad = torch.ones(r, b, CELL + 2, CELL + 2, 3)
+    pad[:, :, 1:-1, 1:-1] = grid
+    img = pad.permute(0, 2, 1, 3, 4).reshape(r * (CELL + 2), b * (CELL + 2), 3)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.45 * b, 0.45 * r), dpi=100)
+    ax.imshow(img.numpy(), interpolation="nearest")
+    ax.set_yticks([(i + 0.5) * (CELL + 2) for i in range(r)], labels, fontsize=7)
+    ax.set_xticks([])
+    ax.set_title("conditional generation from one modality", fontsize=9)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path

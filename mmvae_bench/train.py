@@ -1,0 +1,245 @@
+"""The staged trainer: runs a model's declared stages on accelerate, freezing the rest."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import Tensor
+
+from mmvae_bench.data.spec import MultimodalDataset, iter_batches
+from mmvae_bench.errors import BenchError, NonFiniteLossError
+from mmvae_bench.model import MultimodalVAE, Stage
+
+__all__ = ["StageReport", "TrainSettings", "freeze_for_stage", "train"]
+
+log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[str, int, dict[str, float]], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSettings:
+    """How to train (not what): epochs overrides, precision, progress display, checks."""
+
+    epochs: Mapping[str, int] = field(default_factory=dict)  # {stage or "*": epochs}
+    precision: str = "no"  # accelerate mixed precision: no, bf16, fp16
+    progress: bool = True
+    check_every: int = 25  # steps between host syncs (NaN check, progress); none per step
+    seed: int = 0
+
+
+@dataclass
+class StageReport:
+    """What one stage did: epochs, steps, wall time, throughput and final loss parts."""
+
+    name: str
+    epochs: int
+    steps: int
+    samples: int
+    wall_s: float
+    samples_per_s: float
+    loss: dict[str, float]
+    precompute_s: float = 0.0
+
+
+def stage_epochs(stage: Stage, overrides: Mapping[str, int]) -> int:
+    """Epochs for ``stage`` after ``--epochs`` overrides (by stage name, or ``*`` for all)."""
+    if stage.name in overrides:
+        return int(overrides[stage.name])
+    return int(overrides.get("*", stage.epochs))
+
+
+def freeze_for_stage(model: MultimodalVAE, stage: Stage) -> list[torch.nn.Parameter]:
+    """Train the stage's modules; freeze every other child (no grad *and* ``eval()``).
+
+    Returns the parameters to optimise. ``eval()`` matters: frozen BatchNorm layers must not
+    update their running statistics while the next stage trains.
+    """
+    children = dict(model.named_children())
+    unknown = [m for m in stage.modules if m not in children]
+    if unknown:
+        raise BenchError(
+            f"stage '{stage.name}' names unknown modules {unknown}; "
+            f"the model has: {', '.join(children)}"
+        )
+    params: list[torch.nn.Parameter] = []
+    for name, child in children.items():
+        trainable = name in stage.modules
+        child.requires_grad_(trainable)
+        child.train(trainable)
+        if trainable:
+            params.extend(p for p in child.parameters())
+    return params
+
+
+def _precompute(
+    model: MultimodalVAE, x: Mapping[str, Tensor], stage: str, batch_size: int
+) -> dict[str, Tensor]:
+    out: dict[str, list[Tensor]] = {}
+    with torch.no_grad():
+        for batch, _ in iter_batches(x, batch_size, shuffle=False):
+            for k, v in model.precompute(batch, stage).items():
+                out.setdefault(k, []).append(v)
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def train(
+    model: MultimodalVAE,
+    dataset: MultimodalDataset,
+    accelerator: Accelerator,
+    settings: TrainSettings,
+    *,
+    checkpoint: Callable[[str], None] | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> list[StageReport]:
+    """Train ``model`` stage by stage on ``dataset.train``.
+
+    Args:
+        model: the model, already on ``accelerator.device``.
+        dataset: its training split is moved to the device once (tensor-resident batches).
+        accelerator: device placement, mixed precision and backward.
+        settings: epochs overrides, precision, progress, NaN-check interval, seed.
+        checkpoint: called with the stage name after each stage (saves the model).
+        on_epoch: called with ``(stage, epoch, metrics)`` after every epoch (Tune reporting).
+
+    Returns:
+        One :class:`StageReport` per stage.
+
+    Raises:
+        NonFiniteLossError: a loss became NaN/inf; names stage, epoch and step.
+    """
+    device = accelerator.device
+    x = {k: v.to(device, non_blocking=True) for k, v in dataset.train.x.items()}
+    n_train = len(dataset.train)
+    gen = torch.Generator().manual_seed(settings.seed)
+    reports: list[StageReport] = []
+    for stage in model.stages:
+        epochs = stage_epochs(stage, settings.epochs)
+        batch_size = stage.batch_size or model.config.batch_size
+        params = freeze_for_stage(model, stage)
+        if not params:
+            raise BenchError(f"stage '{stage.name}' has no parameters to train")
+        t0 = time.perf_counter()
+        cached = _precompute(model, x, stage.name, max(batch_size, 512))
+        t_pre = time.perf_counter() - t0
+        opt = accelerator.prepare_optimizer(torch.optim.Adam(params, lr=stage.lr))
+        steps_per_epoch = max(1, n_train // batch_size)
+        report = _run_stage(
+            model,
+            stage,
+            epochs,
+            steps_per_epoch,
+            x,
+            cached,
+            batch_size,
+            opt,
+            accelerator,
+            settings,
+            gen,
+            on_epoch,
+        )
+        report.wall_s += t_pre
+        report.precompute_s = t_pre
+        report.samples_per_s = report.samples / report.wall_s if report.wall_s > 0 else 0.0
+        reports.append(report)
+        log.info(
+            "stage %s: %.1f s, %.0f samples/s", stage.name, report.wall_s, report.samples_per_s
+        )
+        if checkpoint is not None:
+            checkpoint(stage.name)
+    model.eval()
+    model.requires_grad_(False)
+    return reports
+
+
+def _run_stage(
+    model: MultimodalVAE,
+    stage: Stage,
+    epochs: int,
+    steps_per_epoch: int,
+    x: Mapping[str, Tensor],
+    cached: Mapping[str, Tensor],
+    batch_size: int,
+    opt: Any,
+    accelerator: Accelerator,
+    settings: TrainSettings,
+    gen: torch.Generator,
+    on_epoch: EpochCallback | None,
+) -> StageReport:
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    total = epochs * steps_per_epoch
+    samples = steps = 0
+    last: dict[str, float] = {}
+    t0 = time.perf_counter()
+    with Progress(*columns, disable=not settings.progress, transient=False) as bar:
+        task = bar.add_task(f"{stage.name}", total=total, status="")
+        for epoch in range(epochs):
+            sums: dict[str, Tensor] = {}
+            pending: list[Tensor] = []  # step losses since the last host sync
+            n_epoch = 0
+            for batch, extra in iter_batches(
+                x, batch_size, shuffle=True, generator=gen, extras=cached, drop_last=True
+            ):
+                with accelerator.autocast():
+                    out = model.loss(batch, stage.name, extra)
+                loss = out["loss"]
+                opt.zero_grad(set_to_none=True)
+                accelerator.backward(loss)
+                opt.step()
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0.0) + v.detach().float()
+                pending.append(loss.detach().float())
+                steps += 1
+                n_epoch += 1
+                samples += next(iter(batch.values())).shape[0]
+                if len(pending) >= settings.check_every:
+                    _check_finite(pending, stage.name, epoch, steps)
+                    pending = []
+                    bar.update(
+                        task, completed=steps, status=f"loss {(sums['loss'] / n_epoch).item():.4g}"
+                    )
+            _check_finite(pending, stage.name, epoch, steps)
+            last = {k: (v / max(n_epoch, 1)).item() for k, v in sums.items()}
+            bar.update(
+                task,
+                completed=steps,
+                status=f"epoch {epoch + 1}/{epochs} loss {last.get('loss', math.nan):.4g}",
+            )
+            if on_epoch is not None:
+                on_epoch(stage.name, epoch, last)
+    wall = time.perf_counter() - t0
+    return StageReport(
+        name=stage.name,
+        epochs=epochs,
+        steps=steps,
+        samples=samples,
+        wall_s=wall,
+        samples_per_s=samples / wall if wall > 0 else 0.0,
+        loss=last,
+    )
+
+
+def _check_finite(pending: list[Tensor], stage: str, epoch: int, step: int) -> None:
+    if not pending:
+        return
+    values = torch.stack(pending)
+    bad = ~torch.isfinite(values)
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0, 0])
+        at = step - len(pending) + first + 1
+        raise NonFiniteLossError(stage, epoch, at, float(values[first]))
