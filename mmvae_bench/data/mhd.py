@@ -1,0 +1,380 @@
+"""MHD, the Multimodal Handwritten Digits dataset (Vasco et al. 2021), from its published files.
+
+Each digit comes as a 28x28 grey image, a pen trajectory of 200 values and a spoken sound
+(a mel spectrogram). The authors publish two files, ``mhd_train.pt`` and ``mhd_test.pt``; each
+is a ``torch.save`` of the tuple::
+
+    (labels, images, trajectories, sounds, trajectory_normalisation, sound_normalisation)
+
+with labels (N,) class indices 0-9, images (N, 1, 28, 28), trajectories (N, 200) and sounds
+(N, 4, 32, 32): four 32x32 chunks of a 128-frame x 32-mel spectrogram. As in the reference
+code, a sound is given to models as 1x32x128: the chunks concatenated along their first axis
+(128x32), then transposed. The two normalisation entries hold the ``min``/``max`` the authors
+used to scale trajectories and sounds into [0, 1] (their code undoes it as
+``x * (max - min) + min``); they are kept in ``info`` for de-normalising samples.
+
+Files are read with ``torch.load(weights_only=True)``: arbitrary pickles never run. The
+normalisation entries may have been saved as numpy scalars or arrays, so exactly the numpy types
+needed to rebuild numeric scalars and arrays are allowed (:data:`NUMPY_SAFE_GLOBALS`), nothing
+else.
+
+Reference: M. Vasco, H. Yin, F. S. Melo, A. Paiva, "Leveraging hierarchy in multimodal generative
+models for effective cross-modality inference", Neural Networks 146 (2022), arXiv 2021.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mmvae_bench.data.download import (
+    RemoteFile,
+    fetch_command,
+    fetch_remote,
+    require_data_dir,
+    verify_sha256,
+)
+from mmvae_bench.data.spec import DataOptions, ModalitySpec, MultimodalDataset, Split
+from mmvae_bench.errors import BenchError
+
+__all__ = [
+    "EXPECTED_SAMPLES",
+    "FILES",
+    "NAME",
+    "NUMPY_SAFE_GLOBALS",
+    "SPECS",
+    "check",
+    "fetch",
+    "load",
+    "read_split",
+    "sound_to_model",
+]
+
+logger = logging.getLogger(__name__)
+
+NAME = "mhd"
+
+# The authors' Google Drive files (the ids their download scripts use). The usercontent host
+# with confirm=t skips the "can't scan this large file for viruses" page Drive shows otherwise.
+_DRIVE = "https://drive.usercontent.google.com/download?id={}&export=download&confirm=t"
+FILES: dict[str, RemoteFile] = {
+    "train": RemoteFile(
+        name="mhd_train.pt",
+        urls=(_DRIVE.format("1Tj1i-hXA0INQpU0jmuTMO4IwfDoGD2oV"),),
+        # Unknown: no checksum is published. Fill in on the first verified download (fetch logs
+        # the sha256 it computed); until then the structural check stands in.
+        sha256=None,
+    ),
+    "test": RemoteFile(
+        name="mhd_test.pt",
+        urls=(_DRIVE.format("1qiEjFNCFn1ws383pKmY3zJtm4JDymOU6"),),
+        sha256=None,  # unknown, as above
+    ),
+}
+
+# Split sizes as stated in the paper (not checked against the files here): a different count is
+# logged as a warning by `check`, not reported as a problem.
+EXPECTED_SAMPLES = {"train": 50_000, "test": 10_000}
+
+_TUPLE_FIELDS = (
+    "labels",
+    "images",
+    "trajectories",
+    "sounds",
+    "trajectory_normalisation",
+    "sound_normalisation",
+)
+
+SPECS: dict[str, ModalitySpec] = {
+    "image": ModalitySpec(
+        name="image",
+        shape=(1, 28, 28),
+        kind="image",
+        likelihood="gaussian",
+        scale=1.0,
+        encoder="conv28",
+        decoder="conv28",
+        classifier="cnn28",
+        fid=True,
+    ),
+    "trajectory": ModalitySpec(
+        name="trajectory",
+        shape=(200,),
+        kind="sequence",
+        likelihood="gaussian",
+        scale=1.0,
+        encoder="mlp",
+        decoder="mlp",
+        classifier="mlp",
+        fid=False,
+    ),
+    "sound": ModalitySpec(
+        name="sound",
+        shape=(1, 32, 128),
+        kind="spectrogram",
+        likelihood="gaussian",
+        scale=1.0,
+        encoder="sound",
+        decoder="sound",
+        classifier="sound",
+        fid=False,
+    ),
+}
+
+
+def _numpy_safe_globals() -> list[Any]:
+    # numpy 2 moved numpy.core to numpy._core; files pickled under numpy 1 name the old module,
+    # so each reconstruction function is allowed under both names.
+    core = getattr(np, "_core", None) or np.core
+    allowed: list[Any] = [np.ndarray, np.dtype]
+    for fn in (core.multiarray.scalar, core.multiarray._reconstruct):
+        for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+            allowed.append((fn, f"{module}.{fn.__name__}"))
+    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25: dtype instances have these classes
+    if dtypes is not None:
+        for cls in ("Float16DType", "Float32DType", "Float64DType", "Int32DType", "Int64DType"):
+            allowed.append(getattr(dtypes, cls))
+    return allowed
+
+
+#: The extra globals ``torch.load(weights_only=True)`` may resolve in MHD files: numpy's numeric
+#: scalar and array reconstruction, in case the normalisation values were saved as numpy values.
+NUMPY_SAFE_GLOBALS = _numpy_safe_globals()
+
+
+def load(options: DataOptions) -> MultimodalDataset:
+    """MHD from ``options.data_dir`` (``mhd_train.pt`` and ``mhd_test.pt``).
+
+    Returns:
+        A dataset with modalities ``image`` (1, 28, 28), ``trajectory`` (200,) and ``sound``
+        (1, 32, 128), float32, labels 0-9. ``rescale`` (likelihood weights lambda_j) is the ratio
+        of the largest modality's size to each modality's size: sound 1, image 4096/784,
+        trajectory 4096/200, so each modality weighs like the largest one in the ELBO.
+
+    Raises:
+        BenchError: no data dir, or a file that is missing or corrupt (named, with the fetch
+            command).
+    """
+    data_dir = require_data_dir(options.data_dir, NAME, [f.name for f in FILES.values()])
+    train, train_info = read_split(data_dir, "train")
+    test, test_info = read_split(data_dir, "test")
+    largest = max(s.size for s in SPECS.values())
+    return MultimodalDataset(
+        name=NAME,
+        specs=dict(SPECS),
+        train=train,
+        test=test,
+        n_classes=10,
+        latent_dim=64,
+        classifier_floor=0.8,
+        rescale={m: largest / s.size for m, s in SPECS.items()},
+        info={
+            "source": "Vasco et al. 2021, mhd_train.pt / mhd_test.pt",
+            "data_dir": str(data_dir),
+            "n_train": len(train),
+            "n_test": len(test),
+            "train": train_info,
+            "test": test_info,
+        },
+    )
+
+
+def read_split(data_dir: Path, split: str) -> tuple[Split, dict[str, Any]]:
+    """One split file, checked and converted to the model layout.
+
+    Returns:
+        The split (x: image (N, 1, 28, 28), trajectory (N, 200), sound (N, 1, 32, 128), float32;
+        y: (N,) long) and provenance: value ranges and the normalisation constants as floats.
+
+    Raises:
+        BenchError: naming the file and what is wrong (missing, unreadable or truncated, not a
+            6-tuple, wrong shapes, mismatched counts, labels out of range).
+    """
+    path = Path(data_dir) / FILES[split].name
+    fix = f"run `{fetch_command(NAME, data_dir)}`"
+    raw = _load_file(path, fix)
+    labels, images, trajectories, sounds, traj_norm, sound_norm = _check_tuple(raw, path, fix)
+    n = len(labels)
+    x = {
+        "image": images.to(torch.float32).reshape(n, 1, 28, 28),
+        "trajectory": trajectories.to(torch.float32),
+        "sound": sound_to_model(sounds.to(torch.float32)),
+    }
+    ranges = {}
+    for name, t in x.items():
+        lo, hi = (float(t.min()), float(t.max())) if n else (0.0, 0.0)
+        ranges[name] = [lo, hi]
+        if lo < -1e-6 or hi > 1 + 1e-6:
+            # The reference code scales all three into [0, 1]; other values would mean another
+            # preprocessing than the published one.
+            logger.warning("%s: %s values span [%g, %g], expected [0, 1]", path, name, lo, hi)
+    info = {
+        "file": str(path),
+        "value_range": ranges,
+        "trajectory_normalisation": _floats(traj_norm),
+        "sound_normalisation": _floats(sound_norm),
+    }
+    return Split(x, labels), info
+
+
+def sound_to_model(sounds: Tensor) -> Tensor:
+    """Stored sound chunks (N, 4, 32, 32) to the model layout (N, 1, 32, 128).
+
+    The 4 chunks are concatenated along their first axis (N, 128, 32), then the last two axes
+    are swapped, as the reference code's ``unstack_tensor`` + ``permute(0, 2, 1)``: element
+    ``[n, k, r, c]`` lands at ``[n, 0, c, 32 * k + r]``.
+    """
+    n = sounds.shape[0]
+    return sounds.reshape(n, 128, 32).transpose(1, 2).unsqueeze(1).contiguous()
+
+
+def fetch(data_dir: Path, *, progress: bool = True) -> None:
+    """Download ``mhd_train.pt`` and ``mhd_test.pt`` into ``data_dir``.
+
+    No checksum is published, so each file is loaded and checked (shapes, counts) before it
+    gets its final name; a file that fails is deleted and reported.
+    """
+    data_dir = Path(data_dir).expanduser()
+
+    def validate(path: Path) -> None:
+        _check_tuple(_load_file(path, ""), path, "")
+
+    for remote in FILES.values():
+        fetch_remote(remote, data_dir, progress=progress, validate=validate)
+    logger.info("MHD is in %s", data_dir)
+
+
+def check(data_dir: Path) -> list[str]:
+    """Problems with the MHD files in ``data_dir`` (empty when both are present and sound).
+
+    Checks presence, sha256 where one is known (none is published: logged as information),
+    readability, the tuple's length, shapes and counts. A split size other than the paper's is
+    logged as a warning.
+    """
+    data_dir = Path(data_dir).expanduser()
+    fix = fetch_command(NAME, data_dir)
+    problems = []
+    for split, remote in FILES.items():
+        path = data_dir / remote.name
+        if not path.is_file():
+            problems.append(f"missing {path}; run `{fix}`")
+            continue
+        bad_sum = verify_sha256(path, remote.sha256)
+        if bad_sum:
+            problems.append(f"{bad_sum}; run `{fix}`")
+            continue
+        try:
+            labels, *_ = _check_tuple(_load_file(path, ""), path, "")
+        except BenchError as e:
+            problems.append(f"{e}; run `{fix}`")
+            continue
+        if len(labels) != EXPECTED_SAMPLES[split]:
+            logger.warning(
+                "%s has %d samples; the paper states %d", path, len(labels), EXPECTED_SAMPLES[split]
+            )
+    return problems
+
+
+def _load_file(path: Path, fix: str) -> Any:
+    hint = f"; {fix}" if fix else ""
+    if not path.is_file():
+        raise BenchError(f"MHD file not found: {path}{hint}")
+    try:
+        with torch.serialization.safe_globals(NUMPY_SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        if "Unsupported global" in msg or "allowlisted" in msg:
+            found = re.search(r"GLOBAL (\S+)|but got <class '([^']+)'>", msg)
+            what = (found.group(1) or found.group(2)) if found else "unknown"
+            raise BenchError(
+                f"{path} holds a Python type ({what}) that is not allowed when loading safely; "
+                f"it is not the published file, or the published file changed{hint}"
+            ) from None
+        raise BenchError(f"{path} is corrupt or truncated (UnpicklingError: {e}){hint}") from None
+    except Exception as e:
+        raise BenchError(
+            f"{path} is corrupt or truncated ({type(e).__name__}: {e}){hint}"
+        ) from None
+
+
+def _check_tuple(raw: Any, path: Path, fix: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Any, Any]:
+    hint = f"; {fix}" if fix else ""
+    if not isinstance(raw, (tuple, list)) or len(raw) != len(_TUPLE_FIELDS):
+        got = (
+            f"a {len(raw)}-{type(raw).__name__}"
+            if isinstance(raw, (tuple, list))
+            else type(raw).__name__
+        )
+        raise BenchError(
+            f"{path}: expected a tuple of {len(_TUPLE_FIELDS)} ({', '.join(_TUPLE_FIELDS)}), "
+            f"found {got}{hint}"
+        )
+    labels, images, trajectories, sounds, traj_norm, sound_norm = raw
+    for name, t in zip(_TUPLE_FIELDS[:4], raw[:4], strict=True):
+        if not isinstance(t, Tensor):
+            raise BenchError(f"{path}: {name} should be a tensor, found {type(t).__name__}{hint}")
+    labels = _labels(labels, path, hint)
+    n = len(labels)
+    expected = {
+        "images": ((n, 1, 28, 28), (n, 28, 28)),
+        "trajectories": ((n, 200),),
+        "sounds": ((n, 4, 32, 32),),
+    }
+    for name, t in (("images", images), ("trajectories", trajectories), ("sounds", sounds)):
+        shapes = expected[name]
+        if tuple(t.shape) not in shapes:
+            if t.ndim >= 1 and t.shape[0] != n:
+                raise BenchError(
+                    f"{path}: {name} has {t.shape[0]} samples but labels have {n}{hint}"
+                )
+            want = " or ".join(str(("N", *s[1:])) for s in shapes)
+            raise BenchError(f"{path}: {name} has shape {tuple(t.shape)}, expected {want}{hint}")
+        if not t.is_floating_point():
+            raise BenchError(f"{path}: {name} has dtype {t.dtype}, expected floats{hint}")
+    return labels, images, trajectories, sounds, traj_norm, sound_norm
+
+
+def _labels(labels: Tensor, path: Path, hint: str) -> Tensor:
+    """Class indices (N,) long; a one-hot (N, 10) file is converted with argmax."""
+    if labels.ndim == 2 and labels.shape[1] == 10:
+        # Some copies store the label one-hot (the reference code one-hot encodes it to use it
+        # as a modality); a valid one-hot row has a single 1.
+        if not bool(((labels == 0) | (labels == 1)).all() and (labels.sum(1) == 1).all()):
+            raise BenchError(f"{path}: labels are (N, 10) but not one-hot{hint}")
+        labels = labels.argmax(1)
+    if labels.ndim != 1:
+        raise BenchError(
+            f"{path}: labels have shape {tuple(labels.shape)}, expected (N,) or one-hot (N, 10)"
+            f"{hint}"
+        )
+    if labels.is_floating_point():
+        if not bool((labels == labels.round()).all()):
+            raise BenchError(f"{path}: labels are not whole numbers{hint}")
+    labels = labels.to(torch.long)
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) > 9):
+        raise BenchError(
+            f"{path}: labels span {int(labels.min())}..{int(labels.max())}, expected 0..9{hint}"
+        )
+    return labels
+
+
+def _floats(norm: Any) -> Any:
+    """A normalisation entry as JSON-friendly floats (scalars, lists) for ``info``."""
+    if isinstance(norm, dict):
+        return {str(k): _floats(v) for k, v in norm.items()}
+    if isinstance(norm, (list, tuple)):
+        return [_floats(v) for v in norm]
+    if isinstance(norm, (Tensor, np.ndarray, np.generic)):
+        arr = np.asarray(norm.cpu() if isinstance(norm, Tensor) else norm, dtype=np.float64)
+        return float(arr) if arr.ndim == 0 else arr.tolist()
+    if isinstance(norm, (int, float)):
+        return float(norm)
+    return repr(norm)
