@@ -65,7 +65,7 @@ class JNFConfig(ModelConfig):
     lr_unimodal: float | None = None  # None: same as lr
     width: int = 16  # base channel count of the conv nets (16/32/64)
     features: int = 128  # size of each modality's encoder features
-    flow_depth: int = 2  # K MADE blocks per unimodal posterior (0: Gaussian posteriors)
+    flow_depth: int = 2  # K MADE blocks per unimodal posterior
     flow_hidden: int = 128  # width of each MADE hidden layer
     flow_layers: int = 3  # MADE hidden layers
     flow_context: bool = False  # condition the MADE blocks on the encoder features
@@ -76,10 +76,10 @@ class JNFConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("epochs_joint", "epochs_unimodal", "flow_depth"):
+        for name in ("epochs_joint", "epochs_unimodal"):
             if getattr(self, name) < 0:
                 raise BenchError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("width", "features", "flow_hidden", "flow_layers"):
+        for name in ("width", "features", "flow_depth", "flow_hidden", "flow_layers"):
             if getattr(self, name) < 1:
                 raise BenchError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr_unimodal is not None and not self.lr_unimodal > 0:
