@@ -1,0 +1,100 @@
+"""Every registered model passes the plugin conformance check (``mmvae_bench.testing``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import cache
+
+import pytest
+import torch
+
+from mmvae_bench.api import DataOptions, MultimodalDataset
+from mmvae_bench.plugins import load_registry
+from mmvae_bench.testing import check_model, tiny_dataset
+
+REGISTRY = load_registry()
+
+# Model-specific sizes, applied only where a config has the field: small flows, few samples.
+SMALL = {"flow_hidden": 16, "flow_layers": 1, "k": 3, "k_subsets": 2}
+
+
+@cache
+def circles_squares(n: int = 8) -> MultimodalDataset:
+    """The real circles-squares dataset, cut to ``n`` samples (its defaults then apply)."""
+    ds = REGISTRY.dataset("circles-squares").load(DataOptions())
+    head = ds.train.subset(torch.arange(n))
+    return dataclasses.replace(ds, train=head, test=head)
+
+
+def _overrides(name: str) -> dict:
+    fields = {f.name for f in dataclasses.fields(REGISTRY.model(name).config)}
+    return {k: v for k, v in SMALL.items() if k in fields}
+
+
+def test_every_registered_model_is_checked() -> None:
+    assert not REGISTRY.broken, f"plugins failed to load: {REGISTRY.broken}"
+    assert {"jnf", "mvae", "mmvae", "mopoe"} <= set(REGISTRY.models)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY.models))
+def test_conformance_circles_squares(name: str) -> None:
+    check_model(REGISTRY.model(name), circles_squares(), overrides=_overrides(name))
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY.models))
+def test_conformance_three_modalities(name: str) -> None:
+    ds = tiny_dataset(("image28", "image32", "vector"), n=8)
+    check_model(REGISTRY.model(name), ds, overrides=_overrides(name))
+
+
+# -- the check itself can fail: broken models are caught with a message naming the fault --------
+def _broken(base: str, cls_name: str, **methods) -> object:
+    entry = REGISTRY.model(base)
+    cls = type(cls_name, (entry.cls,), methods)
+    return dataclasses.replace(entry, name=f"broken-{base}", cls=cls)
+
+
+def test_check_catches_a_loss_that_moves_state_outside_its_stage() -> None:
+    def __init__(self, dataset, config):
+        REGISTRY.model("mvae").cls.__init__(self, dataset, config)
+        self.counter = torch.nn.Module()
+        self.counter.register_buffer("steps", torch.zeros(()))
+
+    def loss(self, batch, stage, cached):
+        self.counter.steps += 1  # a side effect in loss(): the contract forbids it
+        return REGISTRY.model("mvae").cls.loss(self, batch, stage, cached)
+
+    entry = _broken("mvae", "CountingMVAE", __init__=__init__, loss=loss)
+    with pytest.raises(AssertionError, match=r"changed tensors outside.*counter\.steps"):
+        check_model(entry, tiny_dataset(("vector", "vector"), n=4))
+
+
+def test_check_catches_an_encoder_reading_modalities_outside_the_subset() -> None:
+    mvae = REGISTRY.model("mvae").cls
+
+    def encode(self, batch, subset, n=1, *, hmc=None):
+        return mvae.encode(self, batch, self.modalities, n)  # ignores the subset
+
+    entry = _broken("mvae", "PeekingMVAE", encode=encode)
+    with pytest.raises(AssertionError, match=r"subset m0: encode/generate .* KeyError"):
+        check_model(entry, tiny_dataset(("vector", "vector"), n=4))
+
+
+def test_check_catches_wrong_latent_shapes() -> None:
+    mopoe = REGISTRY.model("mopoe").cls
+
+    def encode(self, batch, subset, n=1, *, hmc=None):
+        ls = mopoe.encode(self, batch, subset, n)
+        return type(ls)(ls.z[0])  # drops the sample dim
+
+    entry = _broken("mopoe", "FlatMoPoE", encode=encode)
+    with pytest.raises(AssertionError, match=r"encode z has shape \(4, 4\), expected \(2, 4, 4\)"):
+        check_model(entry, tiny_dataset(("vector", "vector"), n=4))
+
+
+def test_check_rejects_a_config_outside_model_config() -> None:
+    # (A non-frozen subclass of the frozen ModelConfig cannot exist: dataclasses refuse it.)
+    base = REGISTRY.model("mvae")
+    loose = dataclasses.make_dataclass("LooseConfig", [("epochs", int, 1)])
+    with pytest.raises(AssertionError, match="dataclass subclassing ModelConfig"):
+        check_model(dataclasses.replace(base, config=loose))
