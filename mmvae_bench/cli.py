@@ -236,6 +236,179 @@ def classifiers_train(
     console.print(f"cached in {classifier_dir(ds, cache_dir)}")
 
 
+# == evaluate: re-evaluate a saved run (issue 5) ==============================================
+@app.command()
+@user_errors
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder (results.json, checkpoint.pt).")],
+    protocol: Annotated[
+        str | None, typer.Option(help="Evaluation protocol: full or quick (default: the run's).")
+    ] = None,
+    quick: Annotated[bool, typer.Option(help="Use the quick evaluation protocol.")] = False,
+    fid: Annotated[bool, typer.Option(help="Compute FID per image modality.")] = True,
+    fid_extractor: Annotated[
+        str | None,
+        typer.Option(
+            help="FID features: classifier (offline, the coherence classifier's penultimate "
+            "layer) or inception (needs its weights). Default: inception when "
+            "--inception-weights is given, else classifier."
+        ),
+    ] = None,
+    inception_weights: Annotated[
+        Path | None,
+        typer.Option(help="Inception v3 weights (weights-inception-2015-12-05-6726825d.pth)."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    threads: Annotated[int, typer.Option(help="torch threads.")] = DEFAULT_THREADS,
+    plugin: PluginOpt = None,
+) -> None:
+    """Re-evaluate a saved run from its checkpoint and update its record atomically.
+
+    The record's metrics are replaced, its protocol updated and an entry appended to its
+    ``evaluations`` history; the sample grids (samples.png, prior_samples.png) are redrawn.
+    """
+    import time
+
+    import torch
+    from rich.markup import escape
+
+    from mmvae_bench.eval.evaluate import evaluate_model
+    from mmvae_bench.eval.fid import ExtractorKind, FIDSettings, inception_weights_path
+    from mmvae_bench.eval.protocol import FID, FID_EXTRACTORS, get_protocol
+    from mmvae_bench.plots import prior_grid, sample_grid
+    from mmvae_bench.results import environment, now, read_record, write_record
+    from mmvae_bench.runner import load_run, resolve_device
+
+    torch.set_num_threads(threads)
+    settings = None
+    if fid:
+        kind = fid_extractor or ("inception" if inception_weights else "classifier")
+        settings = FIDSettings(
+            extractor=coerce_value("--fid-extractor", kind, ExtractorKind),
+            inception_weights=inception_weights,
+        )
+        if settings.extractor == "inception":
+            inception_weights_path(settings)  # fail now, not after minutes of coherence
+    elif fid_extractor or inception_weights:
+        raise BenchError("--fid-extractor/--inception-weights need --fid")
+    status = read_record(run_dir)["status"]
+    if status != "ok":  # a failed run's checkpoint may be from an unfinished stage
+        raise BenchError(f"run {run_dir} has status {status!r}; only completed runs are evaluated")
+    dev = resolve_device(device)
+    registry = _registry(plugin)
+    model, dataset, record = load_run(run_dir, registry, device=dev)
+    proto = get_protocol("quick" if quick else protocol or record["protocol"]["name"])
+    console.print(f"[dim]evaluating {record['run_id']} ({proto.name} protocol) on {dev}")
+    t0 = time.perf_counter()
+    metrics = evaluate_model(
+        model,
+        dataset,
+        proto,
+        cache_dir=Path(record["run"]["cache_dir"]),
+        device=dev,
+        progress=lambda m: console.print(f"[dim]{escape(m)}"),
+        registry=registry,
+        fid=settings,
+    )
+    wall_s = time.perf_counter() - t0
+    sample_grid(model, dataset.test, Path(run_dir) / "samples.png", device=str(dev))
+    prior_grid(model, Path(run_dir) / "prior_samples.png")
+    previous = record["protocol"].get("version")
+    record["metrics"] = metrics
+    record["protocol"] = proto.as_record()
+    record.setdefault("timings", {})["eval_s"] = wall_s
+    record.setdefault("evaluations", []).append(
+        {
+            "at": now(),
+            "protocol": proto.version,
+            "previous_protocol": previous,
+            "fid": None
+            if settings is None
+            else {"kind": settings.extractor, "extractors": sorted(metrics.get(FID, {}))},
+            "wall_s": wall_s,
+            "environment": environment(dev, threads),
+        }
+    )
+    write_record(run_dir, record)
+    print_record(record, Path(run_dir))
+    for ext, per_mod in metrics.get(FID, {}).items():
+        t = Table(title=f"FID [{escape(ext)}]", caption=metrics[FID_EXTRACTORS][ext]["label"])
+        t.add_column("modality")
+        t.add_column("generated from")
+        t.add_column("FID", justify="right")
+        for mod, values in per_mod.items():
+            for key, v in values.items():
+                t.add_row(mod, "prior" if key == "unconditional" else key, f"{v:.4g}")
+        console.print(t)
+
+
+# == end evaluate ============================================================================
+
+
+# == leaderboard: build and show (issue 5) ===================================================
+leaderboard_app = typer.Typer(help="Leaderboards from run records.", no_args_is_help=True)
+app.add_typer(leaderboard_app, name="leaderboard")
+
+
+@leaderboard_app.command("build")
+@user_errors
+def leaderboard_build(
+    runs: Annotated[Path, typer.Option(help="Folder searched for run records.")] = Path("runs"),
+    out: Annotated[Path, typer.Option(help="Where leaderboards are written.")] = Path(
+        "leaderboards"
+    ),
+    figures: Annotated[bool, typer.Option(help="Write figures next to the tables.")] = True,
+) -> None:
+    """Aggregate run records into <out>/<dataset>.json and .md, with figures."""
+    from mmvae_bench.leaderboard import build_leaderboards
+
+    report = build_leaderboards(
+        runs,
+        out,
+        command=f"mmvae-bench leaderboard build --runs {runs} --out {out}",
+        figures=figures,
+    )
+    for ds, paths in report.written.items():
+        console.print(f"{ds}: " + ", ".join(str(p) for p in paths))
+    console.print(f"{report.used} runs used, {len(report.skipped)} records skipped")
+    if report.skipped:
+        t = Table(title="skipped records (not averaged)")
+        t.add_column("record")
+        t.add_column("reason")
+        for s in report.skipped:
+            t.add_row(s.path, s.reason)
+        err_console.print(t)
+
+
+@leaderboard_app.command("show")
+@user_errors
+def leaderboard_show(
+    dataset: Annotated[str, typer.Argument(help="Dataset name.")],
+    out: Annotated[Path, typer.Option(help="Where leaderboards were written.")] = Path(
+        "leaderboards"
+    ),
+) -> None:
+    """Print a built leaderboard as tables (one per protocol)."""
+    from mmvae_bench.leaderboard import load_leaderboard, table
+
+    board = load_leaderboard(out, dataset)
+    for version, p in sorted(board["protocols"].items()):
+        headers, body = table(board, version)
+        label = f": {p['label']}" if p.get("label") else ""
+        t = Table(title=f"{dataset}, protocol {version}{label}")
+        for i, h in enumerate(headers):
+            t.add_column(h, justify="left" if i < 2 else "right")
+        for row in body:
+            t.add_row(*row)
+        console.print(t)
+    for s in board["skipped"]:
+        err_console.print(f"[yellow]skipped[/] {s['path']}: {s['reason']}", highlight=False)
+    console.print(f"legend and figures: {out / (dataset + '.md')}")
+
+
+# == end leaderboard =========================================================================
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

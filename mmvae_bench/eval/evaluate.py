@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -15,6 +15,9 @@ from mmvae_bench.eval.coherence import conditional_coherence, joint_coherence, t
 from mmvae_bench.eval.metric import MetricContext
 from mmvae_bench.eval.protocol import CLASSIFIER_ACCURACY, Protocol
 from mmvae_bench.model import MultimodalVAE
+
+if TYPE_CHECKING:  # fid.py imports torch-fidelity (~2 s): only when FID is asked for
+    from mmvae_bench.eval.fid import FIDSettings
 
 __all__ = ["evaluate_model"]
 
@@ -29,8 +32,11 @@ def evaluate_model(
     progress: Callable[[str], None] | None = None,
     registry: Any = None,
     classifier_weights: Path | None = None,
+    fid: FIDSettings | None = None,
 ) -> dict[str, Any]:
     """Every metric of ``protocol``: coherence (conditional, joint) and plugins' metrics.
+
+    FID (per image modality, :mod:`mmvae_bench.eval.fid`) is computed when ``fid`` is given.
 
     Returns the ``metrics`` dict of the run record, with per-metric wall times.
     """
@@ -55,6 +61,24 @@ def evaluate_model(
     t = time.perf_counter()
     metrics.update(joint_coherence(model, classifiers, protocol.joint_samples, dataset.n_classes))
     timings["joint_coherence_s"] = time.perf_counter() - t
+    if fid is not None:
+        from mmvae_bench.eval.fid import fid_metrics
+
+        t = time.perf_counter()
+        metrics.update(
+            fid_metrics(
+                model,
+                dataset,
+                test,
+                classifiers,
+                protocol,
+                fid,
+                cache_dir=cache_dir,
+                device=device,
+                progress=say,
+            )
+        )
+        timings["fid_s"] = time.perf_counter() - t
     if registry is not None:
         ctx = MetricContext(model, dataset, test, protocol, classifiers, device)
         for name, entry in registry.metrics.items():

@@ -17,6 +17,8 @@ __all__ = [
     "COND_COHERENCE",
     "COND_COHERENCE_BY_SIZE",
     "CLASSIFIER_ACCURACY",
+    "FID",
+    "FID_EXTRACTORS",
     "HMC_ACCEPTANCE",
     "JOINT_COHERENCE",
     "JOINT_LABEL_HIST",
@@ -33,6 +35,7 @@ JOINT_LABEL_HIST = "joint_label_histogram"  # {modality: [count per class]}
 HMC_ACCEPTANCE = "hmc_acceptance"  # {subset_key: mean acceptance}
 CLASSIFIER_ACCURACY = "classifier_accuracy"  # {modality: test accuracy}
 FID = "fid"  # {extractor: {modality: {"unconditional": v, subset_key: v}}}
+FID_EXTRACTORS = "fid_extractors"  # {extractor: {"kind", "label", "layer", sample counts}}
 
 
 @dataclass(frozen=True, kw_only=True)
