@@ -88,7 +88,9 @@ def coerce_value(name: str, raw: Any, typ: Any) -> Any:
     origin = typing.get_origin(typ)
     args = typing.get_args(typ)
     if origin in (typing.Union, types.UnionType):
-        if isinstance(raw, str) and raw.lower() in ("none", "null") and type(None) in args:
+        if type(None) in args and (
+            raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null"))
+        ):
             return None
         errors = []
         for a in args:
