@@ -220,6 +220,12 @@ def _run_stage(
                 completed=steps,
                 status=f"epoch {epoch + 1}/{epochs} loss {last.get('loss', math.nan):.4g}",
             )
+            if settings.progress and not bar.console.is_terminal:
+                # Logs and CI see no live bar: one line per epoch instead.
+                bar.console.print(
+                    f"{stage.name} epoch {epoch + 1}/{epochs}: "
+                    + ", ".join(f"{k} {v:.4g}" for k, v in last.items())
+                )
             if on_epoch is not None:
                 on_epoch(stage.name, epoch, last)
     wall = time.perf_counter() - t0
