@@ -298,6 +298,10 @@ def evaluate(
     registry = _registry(plugin)
     model, dataset, record = load_run(run_dir, registry, device=dev)
     proto = get_protocol("quick" if quick else protocol or record["protocol"]["name"])
+    # Seeded by the run's seed: evaluating a checkpoint twice gives the same numbers.
+    torch.manual_seed(record["seed"])
+    if dev.type == "cuda":
+        torch.cuda.manual_seed_all(record["seed"])
     console.print(f"[dim]evaluating {record['run_id']} ({proto.name} protocol) on {dev}")
     t0 = time.perf_counter()
     metrics = evaluate_model(

@@ -79,12 +79,18 @@ def test_evaluate_replaces_metrics_and_appends_history(run_dir: Path) -> None:
     assert (run_dir / "prior_samples.png").stat().st_size > 1000
     assert not list(run_dir.glob("*.tmp")), "temp files left behind"
     assert name in res.output  # the FID table names its extractor
+    prior_png = (run_dir / "prior_samples.png").read_bytes()
 
     # Again without FID: metrics are replaced (no stale FID), the history grows.
     res = runner.invoke(app, ["evaluate", str(run_dir), "--no-fid", "--threads", "1"])
     assert res.exit_code == 0, res.output
     again = _record(run_dir)
     assert "fid" not in again["metrics"]
+    # Seeded by the run's seed: the same checkpoint gives the same numbers and samples (the
+    # prior grid is drawn after the evaluation, so it shows the RNG stream was the same).
+    for key in ("conditional_coherence", "joint_coherence", "joint_label_histogram"):
+        assert again["metrics"][key] == after["metrics"][key], key
+    assert (run_dir / "prior_samples.png").read_bytes() == prior_png
     assert [e["fid"] for e in again["evaluations"]] == [entry["fid"], None]
 
 
