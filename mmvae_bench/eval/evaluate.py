@@ -33,10 +33,13 @@ def evaluate_model(
     registry: Any = None,
     classifier_weights: Path | None = None,
     fid: FIDSettings | None = None,
+    seed: int | None = None,
 ) -> dict[str, Any]:
     """Every metric of ``protocol``: coherence (conditional, joint) and plugins' metrics.
 
     FID (per image modality, :mod:`mmvae_bench.eval.fid`) is computed when ``fid`` is given.
+    With ``seed``, sampling is seeded after the classifiers are ready, so the numbers do not
+    depend on whether the classifiers were trained in this process or read from the cache.
 
     Returns the ``metrics`` dict of the run record, with per-metric wall times.
     """
@@ -46,6 +49,10 @@ def evaluate_model(
     t = time.perf_counter()
     classifiers = get_classifiers(dataset, cache_dir, device=device, weights_dir=classifier_weights)
     timings["classifiers_s"] = time.perf_counter() - t
+    if seed is not None:
+        torch.manual_seed(seed)
+        if torch.cuda.is_available():
+            torch.cuda.manual_seed_all(seed)
     test = test_subsample(dataset.test, protocol)
     metrics: dict[str, Any] = {
         CLASSIFIER_ACCURACY: {m: c.accuracy for m, c in classifiers.items()},
