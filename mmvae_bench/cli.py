@@ -413,6 +413,168 @@ def leaderboard_show(
 # == end leaderboard =========================================================================
 
 
+# == sweep: Ray Tune grid sweeps (issue 6) ===================================================
+@app.command()
+@user_errors
+def sweep(
+    model: Annotated[
+        str | None, typer.Argument(help="Model name (or `model` in the --config file).")
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="Sweep file (TOML; keys as these options with _, grid and set as tables, "
+            "e.g. benchmarks/jnf_mhd.toml). Options given here override it."
+        ),
+    ] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset name.")] = None,
+    grid: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Grid axis FIELD=V1,V2,... over any model config field (repeatable); "
+            "alias: flows = flow_depth."
+        ),
+    ] = None,
+    seeds: Annotated[
+        str | None, typer.Option(help="N (seeds 0..N-1) or a list S1,S2,... (default: 1)")
+    ] = None,
+    cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray (default: all).")] = None,
+    cpus_per_trial: Annotated[
+        float | None, typer.Option(help="CPUs per trial (default: 1).")
+    ] = None,
+    gpus_per_trial: Annotated[
+        float | None,
+        typer.Option(help="GPUs per trial; a fraction shares a GPU (default: 0)."),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="Join a Ray cluster (auto or HOST:PORT, started with `ray start`); "
+            "--out, --storage and data must then be on a shared filesystem."
+        ),
+    ] = None,
+    storage: Annotated[
+        Path | None, typer.Option(help="Folder of sweeps (Tune experiments) (default: sweeps).")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Sweep name (default: MODEL-DATASET-TIME).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the interrupted sweep --name (same options).")
+    ] = False,
+    max_concurrent: Annotated[int | None, typer.Option(help="At most N trials at once.")] = None,
+    heatmap: Annotated[
+        str | None, typer.Option(help="Heat map axes X,Y (default: the first two grid axes).")
+    ] = None,
+    epochs: Annotated[
+        list[str] | None,
+        typer.Option(help="Epochs for every stage (N) or per stage (STAGE=N); repeatable."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Fixed model config field, KEY=VALUE (repeatable)."),
+    ] = None,
+    quick: Annotated[bool, typer.Option(help="Use the quick evaluation protocol.")] = False,
+    protocol: Annotated[
+        str | None, typer.Option(help="Evaluation protocol: full or quick (default: full).")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="torch threads per trial (default: 1).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for run records (default: runs).")
+    ] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Where published datasets live.")] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="Dataset/classifier cache (default: .cache/mmvae-bench)."),
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or auto (default: auto).")] = None,
+    precision: Annotated[str | None, typer.Option(help="Mixed precision: no, bf16, fp16.")] = None,
+    evaluate: Annotated[
+        bool | None, typer.Option("--evaluate/--no-evaluate", help="Evaluate each trial.")
+    ] = None,
+    plugin: PluginOpt = None,
+) -> None:
+    """Sweep a grid of configs x seeds on Ray Tune; each trial is an ordinary run."""
+    from mmvae_bench import tune as sweeps
+
+    given = {
+        "model": model,
+        "dataset": dataset,
+        "grid": sweeps.parse_pairs(grid, "--grid", lists=True) if grid else None,
+        "seeds": seeds,
+        "set": sweeps.parse_pairs(set_, "--set") if set_ else None,
+        "epochs": parse_epochs(epochs) if epochs else None,
+        "quick": True if quick else None,
+        "protocol": protocol,
+        "threads": threads,
+        "out": out,
+        "cache_dir": cache_dir,
+        "data_dir": data_dir,
+        "device": device,
+        "precision": precision,
+        "evaluate": evaluate,
+        "plugins": plugin or None,
+        "cpus": cpus,
+        "cpus_per_trial": cpus_per_trial,
+        "gpus_per_trial": gpus_per_trial,
+        "address": address,
+        "storage": storage,
+        "name": name,
+        "resume": True if resume else None,
+        "max_concurrent": max_concurrent,
+        "heatmap": heatmap,
+    }
+    base = sweeps.load_sweep_file(config) if config else {}
+    values = sweeps.merge_sweep_values(base, {k: v for k, v in given.items() if v is not None})
+    registry = _registry([Path(p) for p in values.get("plugins", [])])
+    cfg = sweeps.sweep_config(values, registry)
+    summary = sweeps.run_sweep(cfg, status=lambda m: console.print(f"[dim]{m}"))
+    print_sweep(summary)
+
+
+def print_sweep(summary: Any) -> None:
+    """Rich tables of a sweep: every trial, then the best grid point per metric."""
+    trials = summary.trials
+    metrics = sorted({k for t in trials for k in t.metrics})
+    t = Table(title=f"sweep {summary.name}: {len(trials)} trials")
+    for col in (*summary.axes, "seed", "status", "node", *metrics):
+        t.add_column(col, justify="right" if col in metrics else "left")
+    t.add_column("error (full text in sweep.json)", max_width=48, no_wrap=True)
+    style = {"ok": "green", "failed": "red", "unfinished": "yellow"}
+    for tr in trials:
+        status = f"[{style[tr.status]}]{tr.status}[/]" + (" (reused)" if tr.reused else "")
+        t.add_row(
+            *(str(tr.params[a]) for a in summary.axes),
+            str(tr.seed),
+            status,
+            tr.node_ip or "",
+            *(f"{tr.metrics[m]:.3f}" if m in tr.metrics else "" for m in metrics),
+            tr.error or "",
+        )
+    console.print(t)
+    if summary.best:
+        b = Table(title="best config per metric (mean ± std over finished seeds)")
+        for col in ("metric", "config", "value", "seeds"):
+            b.add_column(col)
+        for m, best in summary.best.items():
+            config = ", ".join(f"{k}={v}" for k, v in best["params"].items()) or "(no grid)"
+            value = f"{best['mean']:.3f} ± {best['std']:.3f}"
+            b.add_row(m, config, value, f"{best['seeds']}/{best['of']}")
+        console.print(b)
+    counts = {s: sum(tr.status == s for tr in trials) for s in ("ok", "failed", "unfinished")}
+    console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f" in {summary.wall_s:.0f} s")
+    if counts["unfinished"]:
+        console.print(f"continue with: --resume --name {summary.name}")
+    console.print(f"summary: {summary.path / 'sweep.json'}")
+    if summary.heatmap:
+        console.print(f"heat map: {summary.heatmap}")
+
+
+# == end sweep ===============================================================================
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
