@@ -116,6 +116,13 @@ def run(
     ),
     precision: Annotated[str, typer.Option(help="Mixed precision: no, bf16, fp16.")] = "no",
     evaluate: Annotated[bool, typer.Option(help="Evaluate after training.")] = True,
+    classifier_weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of coherence-classifier weights <modality>.pt (published or your own), "
+            "used instead of the cached classifiers."
+        ),
+    ] = None,
     run_id: Annotated[str | None, typer.Option(help="Fixed run id.")] = None,
     plugin: PluginOpt = None,
 ) -> None:
@@ -140,6 +147,7 @@ def run(
         overrides=overrides,
         precision=coerce_value("--precision", precision, Precision),
         evaluate=evaluate,
+        classifier_weights=classifier_weights,
         run_id=run_id,
     )
     record = run_model(cfg, registry, progress=True, status=lambda m: console.print(f"[dim]{m}"))
@@ -236,6 +244,80 @@ def classifiers_train(
     console.print(f"cached in {classifier_dir(ds, cache_dir)}")
 
 
+# == data: fetch and check published datasets (issue 4) =====================================
+data_app = typer.Typer(help="Published datasets: download and verify.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+DataDirOpt = Annotated[
+    Path | None, typer.Option(help="Folder that holds (or receives) the dataset's files.")
+]
+
+
+def _data_entry(name: str, data_dir: Path | None, action: str) -> tuple[Any, Path | None]:
+    """The dataset entry and its data dir; built-ins need neither a download nor a folder."""
+    entry = _registry(None).dataset(name)
+    if entry.builtin:
+        return entry, None
+    if data_dir is None:
+        raise BenchError(f"`mmvae-bench data {action} {name}` needs --data-dir DIR")
+    return entry, data_dir.expanduser()
+
+
+@data_app.command("fetch")
+@user_errors
+def data_fetch(
+    name: Annotated[str, typer.Argument(help="Dataset name (see `mmvae-bench datasets`).")],
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Download a published dataset into --data-dir, with checksums; resumes partial files."""
+    entry, folder = _data_entry(name, data_dir, "fetch")
+    if folder is None:
+        console.print(f"{name} is built in: it needs no download")
+        return
+    if entry.fetch is None:
+        raise BenchError(f"dataset '{name}' provides no download; see `mmvae-bench datasets`")
+    entry.fetch(folder)
+    console.print(
+        f"{name} is in {folder}; verify with `mmvae-bench data check {name} --data-dir {folder}`",
+        markup=False,
+    )
+
+
+@data_app.command("check")
+@user_errors
+def data_check(
+    name: Annotated[str, typer.Argument(help="Dataset name (see `mmvae-bench datasets`).")],
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Verify a published dataset's files in --data-dir (presence, checksums, shapes, counts).
+
+    Exits 2 when any problem is found, 0 when the files are sound.
+    """
+    from rich.markup import escape
+    from rich.text import Text
+
+    entry, folder = _data_entry(name, data_dir, "check")
+    if folder is None:
+        console.print(f"{name} is built in: nothing to check")
+        return
+    if entry.check is None:
+        raise BenchError(f"dataset '{name}' provides no check")
+    problems = entry.check(folder)
+    if not problems:
+        console.print(f"{name} in {folder}: no problems found", markup=False)
+        return
+    t = Table(title=escape(f"{name} in {folder}: {len(problems)} problem(s)"))
+    t.add_column("#", justify="right")
+    t.add_column("problem", overflow="fold")
+    for i, problem in enumerate(problems, 1):
+        t.add_row(str(i), Text(problem))  # Text: a path in brackets is not markup
+    console.print(t)
+    raise BenchError(f"{len(problems)} problem(s) with {name} in {folder}")
+
+
+# == end data ================================================================================
+
+
 # == evaluate: re-evaluate a saved run (issue 5) ==============================================
 @app.command()
 @user_errors
@@ -257,6 +339,13 @@ def evaluate(
     inception_weights: Annotated[
         Path | None,
         typer.Option(help="Inception v3 weights (weights-inception-2015-12-05-6726825d.pth)."),
+    ] = None,
+    classifier_weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of coherence-classifier weights <modality>.pt (published or your own), "
+            "used instead of the cached classifiers."
+        ),
     ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     threads: Annotated[int, typer.Option(help="torch threads.")] = DEFAULT_THREADS,
@@ -312,6 +401,7 @@ def evaluate(
         device=dev,
         progress=lambda m: console.print(f"[dim]{escape(m)}"),
         registry=registry,
+        classifier_weights=classifier_weights,
         fid=settings,
     )
     wall_s = time.perf_counter() - t0
@@ -326,6 +416,7 @@ def evaluate(
             "at": now(),
             "protocol": proto.version,
             "previous_protocol": previous,
+            "classifier_weights": str(classifier_weights) if classifier_weights else None,
             "fid": None
             if settings is None
             else {"kind": settings.extractor, "extractors": sorted(metrics.get(FID, {}))},

@@ -46,6 +46,8 @@ class RunConfig:
         precision: mixed precision through accelerate (``no``, ``bf16``, ``fp16``).
         compile: wrap the model's hot modules with ``torch.compile``.
         evaluate: run the evaluation protocol after training.
+        classifier_weights: folder of coherence-classifier weights ``<modality>.pt`` (published
+            or the user's) used instead of the cached/trained ones.
         run_id: fixed run id (default: model-dataset-seed-timestamp).
     """
 
@@ -63,6 +65,7 @@ class RunConfig:
     precision: Precision = "no"
     compile: bool = False
     evaluate: bool = True
+    classifier_weights: Path | None = None
     run_id: str | None = None
 
     def __post_init__(self) -> None:

@@ -166,6 +166,8 @@ def run(
                 device=device,
                 progress=say,
                 registry=registry,
+                classifier_weights=cfg.classifier_weights,
+                seed=cfg.seed,
             )
             record["timings"]["eval_s"] = time.perf_counter() - t1
             sample_grid(model, dataset.test, run_dir / "samples.png", device=str(device))

@@ -180,8 +180,8 @@ def load(options: DataOptions) -> MultimodalDataset:
             "data_dir": str(data_dir),
             "n_train": len(train),
             "n_test": len(test),
-            "train": train_info,
-            "test": test_info,
+            # per-split provenance; not "train"/"test", the run record's sample counts
+            "files": {"train": train_info, "test": test_info},
         },
     )
 

@@ -45,7 +45,7 @@ def test_loads_published_layout(tmp_path: Path) -> None:
     assert ds.specs["image"].fid and not ds.specs["sound"].fid
     # lambda_j = size of the largest modality (sound, 4096) / size of modality j
     assert ds.rescale == pytest.approx({"image": 4096 / 784, "trajectory": 4096 / 200, "sound": 1})
-    assert ds.info["train"]["trajectory_normalisation"] == {"min": -3.5, "max": 7.25}
+    assert ds.info["files"]["train"]["trajectory_normalisation"] == {"min": -3.5, "max": 7.25}
 
 
 def test_sound_chunks_concatenated_then_transposed(tmp_path: Path) -> None:
@@ -69,7 +69,7 @@ def test_one_hot_labels_become_indices(tmp_path: Path) -> None:
 def test_numpy_normalisation_in_legacy_format_is_allowed(tmp_path: Path) -> None:
     write_mhd(tmp_path, numpy_norm=True, legacy=True)
     ds = _load(tmp_path)
-    assert ds.info["test"]["sound_normalisation"] == {"min": [-80.0], "max": 0.0}
+    assert ds.info["files"]["test"]["sound_normalisation"] == {"min": [-80.0], "max": 0.0}
 
 
 def test_other_pickled_types_are_refused(tmp_path: Path) -> None:
