@@ -70,4 +70,12 @@ def mmvae_bench_datasets() -> list[DatasetEntry]:
             fetch=_fetch("mnist_svhn"),
             check=_check("mnist_svhn"),
         ),
+        DatasetEntry(
+            name="translated-polymnist",
+            load=_load("translated_polymnist"),
+            description="TranslatedPolyMNIST: PolyMNIST, digits at 0.75 scale, random positions "
+            "(Daunhawer et al. 2022)",
+            fetch=_fetch("translated_polymnist"),
+            check=_check("translated_polymnist"),
+        ),
     ]

@@ -31,6 +31,7 @@ import hashlib
 import logging
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,9 @@ __all__ = [
     "SVHN_FILES",
     "build_pairs",
     "check",
+    "check_mnist",
     "fetch",
+    "fetch_mnist",
     "load",
     "pairs_path",
     "read_idx",
@@ -306,21 +309,26 @@ def read_idx(path: Path) -> Tensor:
     return torch.from_numpy(arr.copy())
 
 
-def read_mnist(data_dir: Path, split: str) -> tuple[Tensor, Tensor]:
-    """MNIST images (N, 28, 28) uint8 and labels (N,) long of ``split``."""
+def read_mnist(data_dir: Path, split: str, *, dataset: str = NAME) -> tuple[Tensor, Tensor]:
+    """MNIST images (N, 28, 28) uint8 and labels (N,) long of ``split``.
+
+    ``dataset`` is the dataset whose fetch command errors name (TranslatedPolyMNIST reads the
+    same files).
+    """
     prefix = _MNIST_PREFIX[split]
-    images = read_idx(_mnist_file(data_dir, f"{prefix}-images-idx3-ubyte"))
-    labels = read_idx(_mnist_file(data_dir, f"{prefix}-labels-idx1-ubyte")).to(torch.long)
+    fix = f"run `{fetch_command(dataset, data_dir)}`"
+    images = read_idx(_mnist_file(data_dir, f"{prefix}-images-idx3-ubyte", fix))
+    labels = read_idx(_mnist_file(data_dir, f"{prefix}-labels-idx1-ubyte", fix)).to(torch.long)
     where = Path(data_dir) / "MNIST" / "raw"
     if images.ndim != 3 or tuple(images.shape[1:]) != (28, 28):
         raise BenchError(
             f"{where}/{prefix}-images-idx3-ubyte: shape {tuple(images.shape)}, expected "
-            f"(N, 28, 28); run `{fetch_command(NAME, data_dir)}`"
+            f"(N, 28, 28); {fix}"
         )
     if labels.ndim != 1 or len(labels) != len(images):
         raise BenchError(
             f"{where}: {prefix} labels {tuple(labels.shape)} do not match {len(images)} images; "
-            f"run `{fetch_command(NAME, data_dir)}`"
+            f"{fix}"
         )
     if len(labels) and int(labels.max()) > 9:
         raise BenchError(f"{where}/{prefix}-labels-idx1-ubyte: labels above 9")
@@ -368,6 +376,15 @@ def fetch(data_dir: Path, *, progress: bool = True) -> None:
     Files already present with the right sha256 are not downloaded again.
     """
     data_dir = Path(data_dir).expanduser()
+    fetch_mnist(data_dir, progress=progress)
+    for remote in SVHN_FILES.values():
+        fetch_remote(remote, data_dir, progress=progress)
+    logger.info("MNIST and SVHN are in %s", data_dir)
+
+
+def fetch_mnist(data_dir: Path, *, progress: bool = True) -> None:
+    """Download the 4 MNIST idx .gz files (sha256-checked) and unpack each beside its .gz."""
+    data_dir = Path(data_dir).expanduser()
     for remote in MNIST_FILES.values():
         gz = fetch_remote(remote, data_dir, progress=progress, validate=_validate_idx)
         raw = gz.with_suffix("")
@@ -376,9 +393,21 @@ def fetch(data_dir: Path, *, progress: bool = True) -> None:
                 data = f.read()
             atomic_write(raw, lambda out, data=data: out.write(data))
             logger.info("unpacked %s", raw)
-    for remote in SVHN_FILES.values():
-        fetch_remote(remote, data_dir, progress=progress)
-    logger.info("MNIST and SVHN are in %s", data_dir)
+
+
+def check_mnist(data_dir: Path, *, dataset: str = NAME) -> list[str]:
+    """Problems with the MNIST files alone, checked as :func:`check` does; fixes name the fetch
+    command of ``dataset`` (TranslatedPolyMNIST reads the same files)."""
+    data_dir = Path(data_dir).expanduser()
+    fix = f"run `{fetch_command(dataset, data_dir)}`"
+    problems = _mnist_file_problems(data_dir, fix)
+    if problems:
+        return problems
+    for split in ("train", "test"):
+        problems += _read_problems(
+            "mnist", split, lambda d, s: read_mnist(d, s, dataset=dataset), data_dir, fix
+        )
+    return problems
 
 
 def check(data_dir: Path) -> list[str]:
@@ -389,6 +418,24 @@ def check(data_dir: Path) -> list[str]:
     """
     data_dir = Path(data_dir).expanduser()
     fix = f"run `{fetch_command(NAME, data_dir)}`"
+    problems = _mnist_file_problems(data_dir, fix)
+    for remote in SVHN_FILES.values():
+        path = data_dir / remote.name
+        if not path.is_file():
+            problems.append(f"missing {path}; {fix}")
+            continue
+        bad = verify_sha256(path, remote.sha256)
+        if bad:
+            problems.append(f"{bad}; {fix}")
+    if problems:
+        return problems
+    for split in ("train", "test"):
+        for source, reader in (("mnist", read_mnist), ("svhn", read_svhn)):
+            problems += _read_problems(source, split, reader, data_dir, fix)
+    return problems
+
+
+def _mnist_file_problems(data_dir: Path, fix: str) -> list[str]:
     problems = []
     for remote in MNIST_FILES.values():
         gz, raw = data_dir / remote.name, data_dir / remote.name[: -len(".gz")]
@@ -404,42 +451,37 @@ def check(data_dir: Path) -> list[str]:
             problems.append(f"missing {raw} (or {gz.name}); {fix}")
         else:
             logger.info("%s: only the .gz is present (it is read directly)", raw)
-    for remote in SVHN_FILES.values():
-        path = data_dir / remote.name
-        if not path.is_file():
-            problems.append(f"missing {path}; {fix}")
-            continue
-        bad = verify_sha256(path, remote.sha256)
-        if bad:
-            problems.append(f"{bad}; {fix}")
-    if problems:
-        return problems
-    for split in ("train", "test"):
-        for source, reader in (("mnist", read_mnist), ("svhn", read_svhn)):
-            try:
-                _, labels = reader(data_dir, split)
-            except BenchError as e:
-                problems.append(str(e))
-                continue
-            expected = EXPECTED_SAMPLES[source][split]
-            if len(labels) != expected:
-                problems.append(
-                    f"{source} {split}: {len(labels)} samples, the published data has "
-                    f"{expected}; {fix}"
-                )
     return problems
 
 
-def _mnist_file(data_dir: Path, stem: str) -> Path:
+def _read_problems(
+    source: str,
+    split: str,
+    reader: Callable[[Path, str], tuple[Tensor, Tensor]],
+    data_dir: Path,
+    fix: str,
+) -> list[str]:
+    """A file that does not parse, or a sample count other than the published one."""
+    try:
+        _, labels = reader(data_dir, split)
+    except BenchError as e:
+        return [str(e)]
+    expected = EXPECTED_SAMPLES[source][split]
+    if len(labels) != expected:
+        return [
+            f"{source} {split}: {len(labels)} samples, the published data has {expected}; {fix}"
+        ]
+    return []
+
+
+def _mnist_file(data_dir: Path, stem: str, fix: str) -> Path:
     raw = Path(data_dir) / "MNIST" / "raw" / stem
     if raw.is_file():
         return raw
     gz = raw.with_name(raw.name + ".gz")
     if gz.is_file():
         return gz
-    raise BenchError(
-        f"MNIST file not found: {raw} (nor {gz.name}); run `{fetch_command(NAME, data_dir)}`"
-    )
+    raise BenchError(f"MNIST file not found: {raw} (nor {gz.name}); {fix}")
 
 
 def _validate_idx(path: Path) -> None:
