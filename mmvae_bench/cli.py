@@ -403,6 +403,7 @@ def evaluate(
         registry=registry,
         classifier_weights=classifier_weights,
         fid=settings,
+        seed=record["seed"],
     )
     wall_s = time.perf_counter() - t0
     sample_grid(model, dataset.test, Path(run_dir) / "samples.png", device=str(dev))
