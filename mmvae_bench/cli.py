@@ -18,7 +18,14 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from mmvae_bench.config import Device, Precision, RunConfig, coerce_value, parse_assignments
+from mmvae_bench.config import (
+    Device,
+    Precision,
+    RunConfig,
+    SamplerKind,
+    coerce_value,
+    parse_assignments,
+)
 from mmvae_bench.errors import BenchError
 from mmvae_bench.plugins import Registry, load_registry
 
@@ -45,6 +52,10 @@ PluginOpt = Annotated[
     list[Path] | None,
     typer.Option("--plugin", help="Load a model plugin from a Python file (repeatable)."),
 ]
+SAMPLER_HELP = (
+    "Where joint coherence and unconditional FID draw z from: prior, or gmm/flow fitted to the "
+    "training set's joint embeddings after training (saved as <run>/sampler.pt)."
+)
 
 
 def user_errors(fn: F) -> F:
@@ -123,6 +134,7 @@ def run(
             "used instead of the cached classifiers."
         ),
     ] = None,
+    sampler: Annotated[str, typer.Option(help=SAMPLER_HELP)] = "prior",
     run_id: Annotated[str | None, typer.Option(help="Fixed run id.")] = None,
     plugin: PluginOpt = None,
 ) -> None:
@@ -148,6 +160,7 @@ def run(
         precision=coerce_value("--precision", precision, Precision),
         evaluate=evaluate,
         classifier_weights=classifier_weights,
+        sampler=coerce_value("--sampler", sampler, SamplerKind),
         run_id=run_id,
     )
     record = run_model(cfg, registry, progress=True, status=lambda m: console.print(f"[dim]{m}"))
@@ -167,11 +180,15 @@ def print_record(record: dict[str, Any], run_dir: Path) -> None:
     for k, v in m.get(P.COND_COHERENCE_BY_SIZE, {}).items():
         t.add_row(f"conditional coherence |S|={k}", f"{v['mean']:.3f} ± {v['std']:.3f}")
     if P.JOINT_COHERENCE in m:
-        t.add_row("joint coherence", f"{m[P.JOINT_COHERENCE]:.3f}")
+        kind = (record.get("sampler") or {}).get("kind", "prior")
+        t.add_row(f"joint coherence ({kind} sampler)", f"{m[P.JOINT_COHERENCE]:.3f}")
         for mod, hist in m.get(P.JOINT_LABEL_HIST, {}).items():
             total = max(sum(hist), 1)
             top = max(range(len(hist)), key=lambda i: hist[i])
-            t.add_row(f"  prior labels {mod}", f"top class {top}: {hist[top] / total:.0%}")
+            t.add_row(f"  sampled labels {mod}", f"top class {top}: {hist[top] / total:.0%}")
+    ll = (record.get("sampler") or {}).get("train_log_likelihood")
+    if ll is not None:
+        t.add_row("sampler train log-likelihood", f"{ll:.3f} nats")
     for mod, acc in m.get(P.CLASSIFIER_ACCURACY, {}).items():
         t.add_row(f"classifier {mod}", f"{acc:.3f}")
     if m.get(P.HMC_ACCEPTANCE):
@@ -347,6 +364,10 @@ def evaluate(
             "used instead of the cached classifiers."
         ),
     ] = None,
+    sampler: Annotated[str | None, typer.Option(help=SAMPLER_HELP + " Default: the run's.")] = None,
+    refit_sampler: Annotated[
+        bool, typer.Option(help="Fit the latent sampler again instead of loading sampler.pt.")
+    ] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     threads: Annotated[int, typer.Option(help="torch threads.")] = DEFAULT_THREADS,
     plugin: PluginOpt = None,
@@ -355,6 +376,9 @@ def evaluate(
 
     The record's metrics are replaced, its protocol updated and an entry appended to its
     ``evaluations`` history; the sample grids (samples.png, prior_samples.png) are redrawn.
+    The latent sampler is loaded from sampler.pt when it is of the requested kind, else
+    fitted (seeded by the run's seed) and saved there; the record's ``sampler`` entry says
+    which one produced the metrics.
     """
     import time
 
@@ -367,8 +391,11 @@ def evaluate(
     from mmvae_bench.plots import prior_grid, sample_grid
     from mmvae_bench.results import environment, now, read_record, write_record
     from mmvae_bench.runner import load_run, resolve_device
+    from mmvae_bench.samplers import SAMPLER_FILE, load_or_fit_sampler
 
     torch.set_num_threads(threads)
+    if sampler is not None:
+        sampler = coerce_value("--sampler", sampler, SamplerKind)
     settings = None
     if fid:
         kind = fid_extractor or ("inception" if inception_weights else "classifier")
@@ -387,6 +414,16 @@ def evaluate(
     registry = _registry(plugin)
     model, dataset, record = load_run(run_dir, registry, device=dev)
     proto = get_protocol("quick" if quick else protocol or record["protocol"]["name"])
+    sampler_kind = sampler or (record.get("sampler") or {}).get("kind", "prior")
+    latent, refitted = load_or_fit_sampler(
+        Path(run_dir) / SAMPLER_FILE,
+        sampler_kind,
+        model,
+        dataset.train,
+        device=dev,
+        seed=record["seed"],
+        refit=refit_sampler,
+    )
     # Seeded by the run's seed: evaluating a checkpoint twice gives the same numbers.
     torch.manual_seed(record["seed"])
     if dev.type == "cuda":
@@ -404,12 +441,15 @@ def evaluate(
         classifier_weights=classifier_weights,
         fid=settings,
         seed=record["seed"],
+        latent_sampler=latent.sample,
     )
     wall_s = time.perf_counter() - t0
     sample_grid(model, dataset.test, Path(run_dir) / "samples.png", device=str(dev))
     prior_grid(model, Path(run_dir) / "prior_samples.png")
     previous = record["protocol"].get("version")
+    previous_sampler = (record.get("sampler") or {}).get("kind", "prior")
     record["metrics"] = metrics
+    record["sampler"] = {**latent.info, "file": SAMPLER_FILE}
     record["protocol"] = proto.as_record()
     record.setdefault("timings", {})["eval_s"] = wall_s
     record.setdefault("evaluations", []).append(
@@ -418,6 +458,7 @@ def evaluate(
             "protocol": proto.version,
             "previous_protocol": previous,
             "classifier_weights": str(classifier_weights) if classifier_weights else None,
+            "sampler": {"kind": latent.kind, "previous": previous_sampler, "fitted": refitted},
             "fid": None
             if settings is None
             else {"kind": settings.extractor, "extractors": sorted(metrics.get(FID, {}))},
@@ -434,7 +475,8 @@ def evaluate(
         t.add_column("FID", justify="right")
         for mod, values in per_mod.items():
             for key, v in values.items():
-                t.add_row(mod, "prior" if key == "unconditional" else key, f"{v:.4g}")
+                source = f"{latent.kind} sampler" if key == "unconditional" else key
+                t.add_row(mod, source, f"{v:.4g}")
         console.print(t)
 
 

@@ -25,6 +25,7 @@ __all__ = [
 
 Device = Literal["cpu", "cuda", "auto"]
 Precision = Literal["no", "bf16", "fp16"]
+SamplerKind = Literal["prior", "gmm", "flow"]  # latent samplers, see mmvae_bench.samplers
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +49,9 @@ class RunConfig:
         evaluate: run the evaluation protocol after training.
         classifier_weights: folder of coherence-classifier weights ``<modality>.pt`` (published
             or the user's) used instead of the cached/trained ones.
+        sampler: where joint coherence and unconditional FID draw z from: ``prior``, or a
+            ``gmm``/``flow`` fitted to the training set's joint embeddings after training
+            (:mod:`mmvae_bench.samplers`).
         run_id: fixed run id (default: model-dataset-seed-timestamp).
     """
 
@@ -66,11 +70,16 @@ class RunConfig:
     compile: bool = False
     evaluate: bool = True
     classifier_weights: Path | None = None
+    sampler: SamplerKind = "prior"
     run_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.threads < 1:
             raise BenchError(f"threads must be >= 1, got {self.threads}")
+        if self.sampler not in typing.get_args(SamplerKind):
+            raise BenchError(
+                f"sampler must be one of {list(typing.get_args(SamplerKind))}, got {self.sampler!r}"
+            )
         for stage, n in self.epochs.items():
             if n < 0:
                 raise BenchError(f"epochs for stage '{stage}' must be >= 0, got {n}")

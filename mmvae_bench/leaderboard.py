@@ -1,9 +1,12 @@
 """Leaderboards: run records -> ``leaderboards/<dataset>.json`` and ``.md`` with figures.
 
-One row per (model, config without the seed, protocol version): mean ± std over seeds and the
-seed count. Results of different protocols never share a row or a table; FID numbers of
-different extractors never share a column. A record that is corrupt, partial or not ``ok`` is
-reported with its reason and skipped, never averaged.
+One row per (model, config without the seed, protocol version, latent sampler): mean ± std over
+seeds and the seed count. Results of different protocols never share a row or a table; FID
+numbers of different extractors never share a column. The latent sampler (``--sampler``: what
+joint coherence and unconditional FID decode) is part of a row's identity and shown in its own
+column, so numbers from different samplers are never averaged together; records written before
+samplers existed drew from the prior and count as ``prior``. A record that is corrupt, partial
+or not ``ok`` is reported with its reason and skipped, never averaged.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ LEADERBOARD_VERSION = 1
 # and paths do not, so runs that differ only in those share a row.
 _RUN_KEYS_IN_CONFIG = ("precision",)
 PRIOR_GRID = "prior_samples.png"  # written by `mmvae-bench evaluate`
+PRIOR_SAMPLER: dict[str, Any] = {"kind": "prior", "settings": {}}
 COND_GRID = "samples.png"  # written by `mmvae-bench run` and `evaluate`
 
 
@@ -89,6 +93,14 @@ class RunSummary:
     finished: str
     values: dict[str, float]
     extractors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sampler: dict[str, Any] = field(default_factory=lambda: dict(PRIOR_SAMPLER))
+
+    @property
+    def sampler_id(self) -> str:
+        """The latent sampler's part of a row's identity: ``prior`` or ``<kind>-<settings id>``."""
+        if self.sampler == PRIOR_SAMPLER:
+            return "prior"
+        return f"{self.sampler['kind']}-{_config_id(self.sampler)}"
 
     @property
     def protocol_version(self) -> str:
@@ -130,6 +142,22 @@ def config_identity(record: Mapping[str, Any]) -> dict[str, Any]:
         "epochs": epochs,
         **{k: run.get(k) for k in _RUN_KEYS_IN_CONFIG},
     }
+
+
+def sampler_identity(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Which latent sampler produced joint coherence and unconditional FID: kind and settings.
+
+    Records from before samplers existed (no ``sampler`` entry) drew from the prior.
+    """
+    sampler = record.get("sampler")
+    if sampler is None:
+        return dict(PRIOR_SAMPLER)
+    if not isinstance(sampler, dict) or not isinstance(sampler.get("kind"), str):
+        raise _Invalid("malformed: sampler has no kind")
+    settings = sampler.get("settings") or {}
+    if not isinstance(settings, dict):
+        raise _Invalid("malformed: sampler.settings is not an object")
+    return {"kind": sampler["kind"], "settings": settings}
 
 
 def _config_id(identity: Mapping[str, Any]) -> str:
@@ -201,6 +229,7 @@ def summarize(path: Path, record: Any, root: Path | None = None) -> RunSummary:
         if "version" not in protocol:
             raise _Invalid("partial record: protocol has no version")
         identity = config_identity(record)
+        sampler = sampler_identity(record)
         seed = int(record["seed"])
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise _Invalid(f"malformed: {type(e).__name__}: {e}") from None
@@ -218,6 +247,7 @@ def summarize(path: Path, record: Any, root: Path | None = None) -> RunSummary:
         finished=str(record.get("finished") or record["created"]),
         values=values,
         extractors=extractors,
+        sampler=sampler,
     )
 
 
@@ -295,6 +325,8 @@ def _reproduce(run: RunSummary, seeds: list[int]) -> list[str]:
         args.append(f"--set {k}={value}")
     if r.get("precision") not in (None, "no"):
         args.append(f"--precision {r['precision']}")
+    if run.sampler["kind"] != "prior":
+        args.append(f"--sampler {run.sampler['kind']}")
     seed_list = " ".join(map(str, seeds))
     cmds = [f"for s in {seed_list}; do {' '.join(args)} --seed $s; done"]
     for ext, info in sorted(run.extractors.items()):
@@ -309,19 +341,19 @@ def _reproduce(run: RunSummary, seeds: list[int]) -> list[str]:
 def aggregate(
     runs: Iterable[RunSummary],
 ) -> tuple[dict[str, list[dict[str, Any]]], list[Skipped], dict[str, dict], dict[str, dict]]:
-    """Group runs into rows per dataset: (model, config id, protocol version) -> mean ± std.
+    """Group runs into rows per dataset: (model, config, protocol version, sampler) -> mean ± std.
 
     Returns:
         ``(rows by dataset, skipped duplicates, protocols by version, FID extractors by name)``.
         Two records of one row with the same seed are duplicates: the newer one is used and
         the other is skipped, so no seed is counted twice.
     """
-    groups: dict[tuple[str, str, str, str], dict[int, RunSummary]] = {}
+    groups: dict[tuple[str, str, str, str, str], dict[int, RunSummary]] = {}
     skipped: list[Skipped] = []
     protocols: dict[str, dict[str, Any]] = {}
     extractors: dict[str, dict[str, Any]] = {}
     for run in sorted(runs, key=lambda r: (r.finished, str(r.path))):
-        key = (run.dataset, run.model, run.config_id, run.protocol_version)
+        key = (run.dataset, run.model, run.config_id, run.protocol_version, run.sampler_id)
         seeds = groups.setdefault(key, {})
         if run.seed in seeds:
             old = seeds[run.seed]
@@ -337,18 +369,22 @@ def aggregate(
         for name, info in run.extractors.items():
             extractors.setdefault(name, info)
     rows: dict[str, list[dict[str, Any]]] = {}
-    for (dataset, model, config_id, version), seeds in groups.items():
+    for (dataset, model, config_id, version, sampler_id), seeds in groups.items():
         runs_ = [seeds[s] for s in sorted(seeds)]
         keys = sorted(set().union(*(r.values for r in runs_)))
         metrics = {k: _stats({r.seed: r.values[k] for r in runs_ if k in r.values}) for k in keys}
         best = max(runs_, key=lambda r: (r.coherence, r.values["joint_coherence"], -r.seed))
+        # Prior rows keep the ids they had before samplers existed.
+        suffix = "" if sampler_id == "prior" else f"-{sampler_id}"
         rows.setdefault(dataset, []).append(
             {
-                "id": _slug(f"{model}-{config_id}-{version}"),
+                "id": _slug(f"{model}-{config_id}-{version}{suffix}"),
                 "model": model,
                 "config_id": config_id,
                 "config": runs_[0].config,
                 "protocol": version,
+                "sampler": runs_[0].sampler["kind"],
+                "sampler_settings": runs_[0].sampler["settings"],
                 "seeds": [r.seed for r in runs_],
                 "n_seeds": len(runs_),
                 "best_seed": best.seed,
@@ -406,18 +442,32 @@ def columns(board: Mapping[str, Any], version: str | None) -> list[dict[str, str
         )
     cols.append(
         {
+            "key": "sampler",
+            "title": "sampler",
+            "definition": "the latent sampler that joint coherence and unconditional (prior) FID "
+            "decode: `prior` (the model's prior), `gmm` (a Gaussian mixture) or `flow` (a zuko "
+            "flow) fitted to the training set's joint embeddings after training (`--sampler`); "
+            "part of the row's identity, so numbers of different samplers are never averaged",
+        }
+    )
+    cols.append(
+        {
             "key": "joint_coherence",
             "title": "joint coh",
-            "definition": "fraction of prior samples whose decoded modalities all classifiers "
-            "give one label; mean ± std over seeds (higher is better; read with the label "
-            "histograms in the run records)",
+            "definition": "fraction of latent draws from the row's sampler whose decoded "
+            "modalities all classifiers give one label; mean ± std over seeds (higher is "
+            "better; read with the label histograms in the run records)",
         }
     )
     for ext, info in sorted(board["extractors"].items()):
         short = extractor_short(ext, info)
         label = info.get("label") or info.get("kind", "")
         for part, what in (
-            ("prior", "samples from the prior, averaged over image modalities"),
+            (
+                "prior",
+                "unconditional samples (latent draws from the row's sampler, the prior unless "
+                "the sampler column says otherwise), averaged over image modalities",
+            ),
             (
                 "conditional",
                 "samples generated from every subset not containing the modality, averaged "
@@ -473,6 +523,8 @@ def table(board: Mapping[str, Any], version: str) -> tuple[list[str], list[list[
                 cells.append(f"{r['config_id']} ({label})" if label else r["config_id"])
             elif c["key"] == "seeds":
                 cells.append(str(r["n_seeds"]))
+            elif c["key"] == "sampler":
+                cells.append(r.get("sampler", "prior"))
             else:
                 cells.append(_fmt(r["metrics"].get(c["key"]), c["key"], r["n_seeds"]))
         body.append(cells)
@@ -530,7 +582,7 @@ def _figures(board: dict[str, Any], runs_dir: Path, out_dir: Path) -> None:
             for r in (r for r in board["rows"] if r["protocol"] == version):
                 ks = [k for k in sizes if f"coherence/{k}" in r["metrics"]]
                 stats = [r["metrics"][f"coherence/{k}"] for k in ks]
-                label = r["model"] + (f" ({r['config_label']})" if r.get("config_label") else "")
+                label = _row_label(r)
                 ax.errorbar(
                     ks,
                     [s["mean"] for s in stats],
@@ -560,6 +612,13 @@ def _figures(board: dict[str, Any], runs_dir: Path, out_dir: Path) -> None:
                 name = f"{r['id']}-{kind}.png"
                 shutil.copyfile(run_dir / src, fig_dir / name)
                 r["figures"][kind] = f"{dataset}/{name}"
+
+
+def _row_label(row: Mapping[str, Any]) -> str:
+    """Model, the config fields that differ, and a sampler other than the prior."""
+    label = row["model"] + (f" ({row['config_label']})" if row.get("config_label") else "")
+    sampler = row.get("sampler", "prior")
+    return label if sampler == "prior" else f"{label} [{sampler} sampler]"
 
 
 def _md_escape(text: str) -> str:
@@ -599,7 +658,7 @@ def render_markdown(board: Mapping[str, Any]) -> str:
     if grids:
         lines += ["## Samples (best seed of each row)", ""]
         for r in grids:
-            label = r["model"] + (f" ({r['config_label']})" if r.get("config_label") else "")
+            label = _row_label(r)
             links = [f"[{k}]({v})" for k, v in sorted(r["figures"].items())]
             lines.append(
                 f"- **{label}**, protocol `{r['protocol']}`, seed {r['best_seed']}: "
@@ -617,6 +676,9 @@ def render_markdown(board: Mapping[str, Any]) -> str:
         "only k of the row's seeds have; `–` means no seed has it.",
         "- Rows are ranked within a protocol by mean conditional coherence over |S|. Results of "
         "different protocol versions are in different tables and are not comparable.",
+        "- Runs that differ only in their latent sampler are separate rows: conditional "
+        "coherence does not depend on the sampler (they agree), joint coherence and "
+        "unconditional FID do.",
         "- The best seed (highest mean conditional coherence) provides the sample grids.",
         "",
     ]
@@ -631,8 +693,11 @@ def render_markdown(board: Mapping[str, Any]) -> str:
         lines.append(f"- {_protocol_title(version, p)}: `{json.dumps(settings, default=str)}`")
     lines += ["", "## Configs and how to reproduce them", ""]
     for r in board["rows"]:
+        sampler = r.get("sampler", "prior")
+        settings = r.get("sampler_settings") or {}
+        used = "" if sampler == "prior" else f", sampler `{sampler}` `{json.dumps(settings)}`"
         lines.append(
-            f"- `{r['model']} {r['config_id']}` (protocol `{r['protocol']}`, seeds "
+            f"- `{r['model']} {r['config_id']}` (protocol `{r['protocol']}`{used}, seeds "
             f"{', '.join(map(str, r['seeds']))}): `{json.dumps(r['config'], default=str)}`"
         )
         lines += [f"  - `{cmd}`" for cmd in r["reproduce"]]

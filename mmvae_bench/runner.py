@@ -27,6 +27,7 @@ from mmvae_bench.model import ModelConfig, ModelEntry, MultimodalVAE
 from mmvae_bench.plots import sample_grid
 from mmvae_bench.plugins import Registry
 from mmvae_bench.results import SCHEMA_VERSION, environment, now, read_record, write_record
+from mmvae_bench.samplers import SAMPLER_FILE, fit_sampler, save_sampler
 from mmvae_bench.train import TrainSettings, train
 
 __all__ = [
@@ -155,6 +156,16 @@ def run(
         )
         record["stages"] = {r.name: dataclasses.asdict(r) for r in reports}
         record["timings"]["train_s"] = time.perf_counter() - t0
+        # The latent sampler is part of the trained run: fitted once, saved beside the weights.
+        t1 = time.perf_counter()
+        if cfg.sampler != "prior":
+            say(f"fitting the {cfg.sampler} latent sampler on the training set's embeddings")
+        sampler = fit_sampler(
+            cfg.sampler, model, dataset.train, device=accelerator.device, seed=cfg.seed
+        )
+        save_sampler(run_dir / SAMPLER_FILE, sampler)
+        record["sampler"] = {**sampler.info, "file": SAMPLER_FILE}
+        record["timings"]["sampler_s"] = time.perf_counter() - t1
         if cfg.evaluate:
             t1 = time.perf_counter()
             say(f"evaluating ({protocol.name} protocol)")
@@ -168,6 +179,7 @@ def run(
                 registry=registry,
                 classifier_weights=cfg.classifier_weights,
                 seed=cfg.seed,
+                latent_sampler=sampler.sample,
             )
             record["timings"]["eval_s"] = time.perf_counter() - t1
             sample_grid(model, dataset.test, run_dir / "samples.png", device=str(device))

@@ -244,3 +244,40 @@ def test_cli_build_and_show(tmp_path: Path) -> None:
     assert "jnf" in res.output and "0.500" in res.output and "skipped" in res.output
     res = runner.invoke(app, ["leaderboard", "show", "nope", "--out", str(out)])
     assert res.exit_code == 2 and "leaderboard build" in res.output
+
+
+def test_samplers_never_share_a_row(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    gmm = {"kind": "gmm", "settings": {"components": 10}, "train_log_likelihood": -3.0}
+    gmm20 = {**gmm, "settings": {"components": 20}}
+    # Seed 0 once per sampler: the same trained weights, evaluated with three samplers.
+    write(runs, record("p0", seed=0, joint=0.1))  # written before samplers: the prior
+    write(runs, record("p1", seed=1, joint=0.3, sampler={"kind": "prior", "settings": {}}))
+    write(runs, record("g0", seed=0, joint=0.8, sampler=gmm))
+    write(runs, record("g1", seed=1, joint=0.9, sampler=gmm))
+    write(runs, record("h0", seed=0, joint=0.5, sampler=gmm20))
+    board = build(tmp_path)
+    assert board["skipped"] == []  # same seed, other sampler: not a duplicate
+    rows = {(r["sampler"], r["sampler_settings"].get("components")): r for r in board["rows"]}
+    assert set(rows) == {("prior", None), ("gmm", 10), ("gmm", 20)}
+    assert rows["prior", None]["metrics"]["joint_coherence"]["mean"] == pytest.approx(0.2)
+    assert rows["gmm", 10]["metrics"]["joint_coherence"]["mean"] == pytest.approx(0.85)
+    assert rows["gmm", 20]["n_seeds"] == 1
+    assert len({r["id"] for r in board["rows"]}) == 3
+    assert rows["prior", None]["id"] == "jnf-" + rows["prior", None]["config_id"] + "-quick-1"
+    assert any("--sampler gmm" in c for c in rows["gmm", 10]["reproduce"])
+    assert not any("--sampler" in c for c in rows["prior", None]["reproduce"])
+    headers, body = table(board, "quick-1")
+    assert headers.index("sampler") == headers.index("joint coh") - 1
+    cells = sorted((c[headers.index("sampler")], c[headers.index("joint coh")]) for c in body)
+    assert cells == [("gmm", "0.500"), ("gmm", "0.850 ± 0.071"), ("prior", "0.200 ± 0.141")]
+    md = (tmp_path / "lb" / "toy.md").read_text()
+    assert "**sampler**" in md and 'sampler `gmm` `{"components": 20}`' in md
+
+
+def test_a_malformed_sampler_entry_is_skipped(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    write(runs, record("ok"))
+    write(runs, record("bad", seed=1, sampler={"settings": {}}))
+    board = build(tmp_path)
+    assert [s["reason"] for s in board["skipped"]] == ["malformed: sampler has no kind"]

@@ -101,7 +101,8 @@ def joint_coherence(
     """Decode ``n_samples`` latent draws; coherent when every classifier predicts one label.
 
     Reported with each modality's predicted-label histogram: featureless samples that every
-    classifier maps to one class look "coherent", and the histogram shows it.
+    classifier maps to one class look "coherent", and the histogram shows it. The draws come
+    from ``latent_sampler(n)`` ``(n, latent_dim)`` (default ``model.prior_sample``).
     """
     model.eval()
     draw = latent_sampler or model.prior_sample

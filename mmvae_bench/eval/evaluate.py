@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor
 
 from mmvae_bench.data.spec import MultimodalDataset
 from mmvae_bench.eval.classifiers import get_classifiers
@@ -34,10 +35,13 @@ def evaluate_model(
     classifier_weights: Path | None = None,
     fid: FIDSettings | None = None,
     seed: int | None = None,
+    latent_sampler: Callable[[int], Tensor] | None = None,
 ) -> dict[str, Any]:
     """Every metric of ``protocol``: coherence (conditional, joint) and plugins' metrics.
 
     FID (per image modality, :mod:`mmvae_bench.eval.fid`) is computed when ``fid`` is given.
+    Joint coherence and unconditional FID decode ``latent_sampler(n)`` draws ``(n, latent_dim)``
+    (a fitted :class:`~mmvae_bench.samplers.LatentSampler`'s ``sample``); default: the prior.
     With ``seed``, sampling is seeded after the classifiers are ready, so the numbers do not
     depend on whether the classifiers were trained in this process or read from the cache.
 
@@ -66,7 +70,15 @@ def evaluate_model(
     )
     timings["conditional_coherence_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    metrics.update(joint_coherence(model, classifiers, protocol.joint_samples, dataset.n_classes))
+    metrics.update(
+        joint_coherence(
+            model,
+            classifiers,
+            protocol.joint_samples,
+            dataset.n_classes,
+            latent_sampler=latent_sampler,
+        )
+    )
     timings["joint_coherence_s"] = time.perf_counter() - t
     if fid is not None:
         from mmvae_bench.eval.fid import fid_metrics
@@ -83,6 +95,7 @@ def evaluate_model(
                 cache_dir=cache_dir,
                 device=device,
                 progress=say,
+                latent_sampler=latent_sampler,
             )
         )
         timings["fid_s"] = time.perf_counter() - t
