@@ -231,7 +231,9 @@ def datasets(plugin: PluginOpt = None) -> None:
 @user_errors
 def classifiers_train(
     dataset: Annotated[str, typer.Option(help="Dataset name.")] = "polymnist-lite",
-    epochs: Annotated[int, typer.Option(help="Training epochs per classifier.")] = 5,
+    epochs: Annotated[
+        int | None, typer.Option(help="Training epochs per classifier (default: the dataset's).")
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     threads: Annotated[int, typer.Option(help="torch threads.")] = DEFAULT_THREADS,
     data_dir: Annotated[Path | None, typer.Option(help="Where published datasets live.")] = None,
@@ -258,7 +260,7 @@ def classifiers_train(
         ok = "" if c.accuracy >= ds.classifier_floor else " [red](below floor)[/]"
         t.add_row(m, f"{c.accuracy:.3f}{ok}", f"{ds.classifier_floor}")
     console.print(t)
-    console.print(f"cached in {classifier_dir(ds, cache_dir)}")
+    console.print(f"cached in {classifier_dir(ds, cache_dir, epochs)}")
 
 
 # == data: fetch and check published datasets (issue 4) =====================================

@@ -246,6 +246,9 @@ def load(options: DataOptions) -> MultimodalDataset:
         n_classes=N_CLASSES,
         latent_dim=64,
         classifier_floor=0.8,
+        # Measured here (balanced test accuracy, m0 / m2): 5 epochs 0.81 / 0.79, 10 epochs
+        # 0.84 / 0.85, 15 epochs 0.88 / 0.87, 20 epochs 0.88 / 0.88.
+        classifier_epochs=15,
         info={
             "train_tuples": N_TRAIN,
             "test_tuples": N_TEST,

@@ -98,6 +98,8 @@ class MultimodalDataset:
         n_classes: number of label classes.
         latent_dim: default latent size for models on this dataset.
         classifier_floor: minimum test accuracy of a coherence classifier for evaluation.
+        classifier_epochs: epochs to train each coherence classifier (enough to clear the
+            floor with a margin on this dataset).
         rescale: optional per-modality likelihood weights lambda_j (empty = all 1).
         info: free-form provenance (sizes, seed, source files) recorded with results.
     """
@@ -109,6 +111,7 @@ class MultimodalDataset:
     n_classes: int
     latent_dim: int = 64
     classifier_floor: float = 0.8
+    classifier_epochs: int = 5
     rescale: dict[str, float] = field(default_factory=dict)
     info: dict[str, object] = field(default_factory=dict)
 

@@ -52,9 +52,14 @@ def dataset_fingerprint(dataset: MultimodalDataset) -> str:
     return h.hexdigest()[:12]
 
 
-def classifier_dir(dataset: MultimodalDataset, cache_dir: Path) -> Path:
-    """Where the classifiers of ``dataset`` are cached."""
-    return Path(cache_dir) / "classifiers" / f"{dataset.name}-{dataset_fingerprint(dataset)}"
+def classifier_dir(dataset: MultimodalDataset, cache_dir: Path, epochs: int | None = None) -> Path:
+    """Where the classifiers of ``dataset`` trained for ``epochs`` are cached.
+
+    The epochs are part of the folder name: changing a dataset's ``classifier_epochs`` must
+    not silently reuse classifiers trained with the old budget.
+    """
+    e = dataset.classifier_epochs if epochs is None else epochs
+    return Path(cache_dir) / "classifiers" / f"{dataset.name}-{dataset_fingerprint(dataset)}-e{e}"
 
 
 def balanced_accuracy(pred: Tensor, target: Tensor, n_classes: int) -> float:
@@ -94,13 +99,17 @@ def train_classifiers(
     dataset: MultimodalDataset,
     cache_dir: Path,
     *,
-    epochs: int = 5,
+    epochs: int | None = None,
     device: torch.device | str = "cpu",
     seed: int = 0,
     modalities: list[str] | None = None,
 ) -> dict[str, Classifier]:
-    """Train one classifier per modality on the train split, cache it with its test accuracy."""
-    out_dir = classifier_dir(dataset, cache_dir)
+    """Train one classifier per modality on the train split, cache it with its test accuracy.
+
+    ``epochs`` defaults to the dataset's ``classifier_epochs``.
+    """
+    epochs = dataset.classifier_epochs if epochs is None else epochs
+    out_dir = classifier_dir(dataset, cache_dir, epochs)
     result: dict[str, Classifier] = {}
     for i, m in enumerate(modalities or list(dataset.specs)):
         spec = dataset.specs[m]
@@ -164,14 +173,14 @@ def get_classifiers(
     device: torch.device | str = "cpu",
     weights_dir: Path | None = None,
     train_if_missing: bool = True,
-    epochs: int = 5,
+    epochs: int | None = None,
 ) -> dict[str, Classifier]:
     """The coherence classifiers of ``dataset``, refusing any below the accuracy floor.
 
     Looks in ``weights_dir`` (``<modality>.pt``, e.g. published weights) if given, else in the
     cache; trains the missing ones when ``train_if_missing``.
     """
-    src = Path(weights_dir) if weights_dir else classifier_dir(dataset, cache_dir)
+    src = Path(weights_dir) if weights_dir else classifier_dir(dataset, cache_dir, epochs)
     result: dict[str, Classifier] = {}
     missing = []
     for m in dataset.specs:

@@ -164,7 +164,7 @@ def test_classifiers_train_then_evaluate_with_classifier_weights(name: str, tmp_
     # The cache is keyed by the dataset the published files make; copy it as a user's weights.
     ds = _load(name, data_dir)
     weights = tmp_path / "weights"
-    shutil.copytree(classifier_dir(ds, cache), weights)
+    shutil.copytree(classifier_dir(ds, cache, int(case.classifier_epochs)), weights)
     accuracy = json.loads((weights / "accuracy.json").read_text())
     assert set(accuracy) == set(ds.modalities)
     assert all(a >= ds.classifier_floor for a in accuracy.values()), accuracy
