@@ -303,7 +303,7 @@ def mmvae_bench_models() -> list[ModelEntry]:
                     "lr": 2e-3,
                     "epochs_projector": 10,
                     "epochs_joint": 20,
-                    "epochs_unimodal": 10,
+                    "epochs_unimodal": 20,
                 },
                 # The modalities share one bit (filled or ring): a few shared dimensions.
                 "circles-squares": {
