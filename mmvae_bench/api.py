@@ -21,7 +21,7 @@ from mmvae_bench.distributions import (
     reparameterize,
 )
 from mmvae_bench.errors import BenchError, NonFiniteLossError
-from mmvae_bench.flows import FlowPosterior, GaussianHead
+from mmvae_bench.flows import FlowPosterior, GaussianHead, ProductOfFlows
 from mmvae_bench.hmc import HMCResult, HMCSettings, hmc_sample
 from mmvae_bench.likelihoods import likelihood_mean, log_likelihood
 from mmvae_bench.model import (
@@ -52,6 +52,7 @@ __all__ = [
     "MultimodalDataset",
     "MultimodalVAE",
     "NonFiniteLossError",
+    "ProductOfFlows",
     "Split",
     "Stage",
     "Subset",

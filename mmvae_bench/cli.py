@@ -126,6 +126,9 @@ def run(
         ".cache/mmvae-bench"
     ),
     precision: Annotated[str, typer.Option(help="Mixed precision: no, bf16, fp16.")] = "no",
+    compile_: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the nets and HMC's flow kernels.")
+    ] = False,
     evaluate: Annotated[bool, typer.Option(help="Evaluate after training.")] = True,
     classifier_weights: Annotated[
         Path | None,
@@ -158,6 +161,7 @@ def run(
         epochs=parse_epochs(epochs),
         overrides=overrides,
         precision=coerce_value("--precision", precision, Precision),
+        compile=compile_,
         evaluate=evaluate,
         classifier_weights=classifier_weights,
         sampler=coerce_value("--sampler", sampler, SamplerKind),
@@ -709,6 +713,66 @@ def print_sweep(summary: Any) -> None:
 
 
 # == end sweep ===============================================================================
+
+
+# == bench: performance suite (issue 7) ======================================================
+@app.command()
+@user_errors
+def bench(
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    out: Annotated[
+        Path | None,
+        typer.Option(help="JSON record (default benchmarks/perf/<mode>-<device>.json)."),
+    ] = None,
+    quick: Annotated[bool, typer.Option(help="Tiny sizes: a smoke run of about a minute.")] = False,
+    threads: Annotated[
+        int, typer.Option(help="torch threads (1: timings stay sane beside other jobs).")
+    ] = 1,
+    models: Annotated[
+        str | None, typer.Option(help="Comma-separated models to train (default: all).")
+    ] = None,
+    archs: Annotated[
+        str, typer.Option(help="Comma-separated architectures for training.")
+    ] = "polymnist,mhd,mnist-svhn",
+    sections: Annotated[
+        str, typer.Option(help="Comma-separated sections: training, hmc, evaluation.")
+    ] = "training,hmc,evaluation",
+    compile_: Annotated[
+        bool,
+        typer.Option("--compile", help="Also time HMC and evaluation with compiled flow kernels."),
+    ] = False,
+    precision: Annotated[str, typer.Option(help="Training autocast: no, bf16, fp16.")] = "no",
+    hmc_model: Annotated[str, typer.Option(help="Model whose subset posteriors use HMC.")] = "jnf",
+    plugin: PluginOpt = None,
+) -> None:
+    """Performance suite: training samples/s per stage, HMC samples/s, protocol time, memory."""
+    from mmvae_bench.perf import BenchSettings, run_bench, tables
+    from mmvae_bench.runner import resolve_device
+
+    def names(raw: str | None) -> tuple[str, ...] | None:
+        return tuple(n.strip() for n in raw.split(",") if n.strip()) if raw else None
+
+    registry = _registry(plugin)
+    dev = resolve_device(coerce_value("--device", device, Device))
+    settings = BenchSettings(
+        device=str(dev),
+        quick=quick,
+        threads=threads,
+        models=names(models),
+        archs=names(archs) or (),
+        sections=names(sections) or (),
+        compile=compile_,
+        precision=coerce_value("--precision", precision, Precision),
+        hmc_model=hmc_model,
+    )
+    path = out or Path("benchmarks/perf") / f"{'quick' if quick else 'full'}-{dev.type}.json"
+    record = run_bench(settings, registry, out=path, progress=lambda m: console.print(f"[dim]{m}"))
+    for t in tables(record):
+        console.print(t)
+    console.print(f"record: {path} ({record['wall_s']:.0f} s)")
+
+
+# == end bench ===============================================================================
 
 
 def main() -> None:

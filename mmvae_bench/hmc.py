@@ -44,6 +44,9 @@ class HMCResult:
 
 
 def _value_and_grad(log_prob: Callable[[Tensor], Tensor], z: Tensor) -> tuple[Tensor, Tensor]:
+    closed_form = getattr(log_prob, "value_and_grad", None)
+    if closed_form is not None:
+        return closed_form(z)
     with torch.enable_grad():
         z = z.detach().requires_grad_(True)
         lp = log_prob(z)
@@ -63,6 +66,8 @@ def hmc_sample(
         log_prob: maps positions ``(*chains, D)`` to log-densities ``(*chains)``; every chain
             independent of the others (so one backward pass gives every chain's gradient).
             Precompute anything that does not depend on z (encoder outputs) before the call.
+            If it has a ``value_and_grad(z) -> (log_prob, gradient)`` method (e.g.
+            :class:`mmvae_bench.flows.ProductOfFlows`), that is used instead of autograd.
         z0: starting positions ``(*chains, D)``.
         settings: iterations, leapfrog steps and step size.
         generator: optional RNG for momenta and acceptance draws.

@@ -22,13 +22,14 @@ from mmvae_bench.data.spec import DataOptions, MultimodalDataset
 from mmvae_bench.errors import BenchError
 from mmvae_bench.eval.evaluate import evaluate_model
 from mmvae_bench.eval.protocol import get_protocol
+from mmvae_bench.flows import compile_kernels
 from mmvae_bench.io import atomic_torch_save, load_tensors
 from mmvae_bench.model import ModelConfig, ModelEntry, MultimodalVAE
 from mmvae_bench.plots import sample_grid
 from mmvae_bench.plugins import Registry
 from mmvae_bench.results import SCHEMA_VERSION, environment, now, read_record, write_record
 from mmvae_bench.samplers import SAMPLER_FILE, fit_sampler, save_sampler
-from mmvae_bench.train import TrainSettings, train
+from mmvae_bench.train import TrainSettings, compile_submodules, train
 
 __all__ = [
     "load_dataset",
@@ -138,6 +139,10 @@ def run(
         model = entry.cls(dataset, config)
         accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=cfg.precision)
         model.to(accelerator.device)
+        # RunConfig.compile: the nets through torch.compile, and HMC's flow kernels (DESIGN §8).
+        compile_kernels(cfg.compile)
+        if cfg.compile:
+            compile_submodules(model)
 
         def checkpoint(stage: str) -> None:
             save_checkpoint(run_dir / "checkpoint.pt", model, cfg, stage)
