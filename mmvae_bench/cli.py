@@ -386,18 +386,12 @@ def evaluate(
     fitted (seeded by the run's seed) and saved there; the record's ``sampler`` entry says
     which one produced the metrics.
     """
-    import time
-
     import torch
     from rich.markup import escape
 
-    from mmvae_bench.eval.evaluate import evaluate_model
     from mmvae_bench.eval.fid import ExtractorKind, FIDSettings, inception_weights_path
-    from mmvae_bench.eval.protocol import FID, FID_EXTRACTORS, get_protocol
-    from mmvae_bench.plots import prior_grid, sample_grid
-    from mmvae_bench.results import environment, now, read_record, write_record
-    from mmvae_bench.runner import load_run, resolve_device
-    from mmvae_bench.samplers import SAMPLER_FILE, load_or_fit_sampler
+    from mmvae_bench.eval.protocol import FID, FID_EXTRACTORS
+    from mmvae_bench.runner import evaluate_run, resolve_device
 
     torch.set_num_threads(threads)
     if sampler is not None:
@@ -413,67 +407,20 @@ def evaluate(
             inception_weights_path(settings)  # fail now, not after minutes of coherence
     elif fid_extractor or inception_weights:
         raise BenchError("--fid-extractor/--inception-weights need --fid")
-    status = read_record(run_dir)["status"]
-    if status != "ok":  # a failed run's checkpoint may be from an unfinished stage
-        raise BenchError(f"run {run_dir} has status {status!r}; only completed runs are evaluated")
-    dev = resolve_device(device)
-    registry = _registry(plugin)
-    model, dataset, record = load_run(run_dir, registry, device=dev)
-    proto = get_protocol("quick" if quick else protocol or record["protocol"]["name"])
-    sampler_kind = sampler or (record.get("sampler") or {}).get("kind", "prior")
-    latent, refitted = load_or_fit_sampler(
-        Path(run_dir) / SAMPLER_FILE,
-        sampler_kind,
-        model,
-        dataset.train,
-        device=dev,
-        seed=record["seed"],
-        refit=refit_sampler,
-    )
-    # Seeded by the run's seed: evaluating a checkpoint twice gives the same numbers.
-    torch.manual_seed(record["seed"])
-    if dev.type == "cuda":
-        torch.cuda.manual_seed_all(record["seed"])
-    console.print(f"[dim]evaluating {record['run_id']} ({proto.name} protocol) on {dev}")
-    t0 = time.perf_counter()
-    metrics = evaluate_model(
-        model,
-        dataset,
-        proto,
-        cache_dir=Path(record["run"]["cache_dir"]),
-        device=dev,
-        progress=lambda m: console.print(f"[dim]{escape(m)}"),
-        registry=registry,
-        classifier_weights=classifier_weights,
+    record = evaluate_run(
+        run_dir,
+        _registry(plugin),
+        protocol="quick" if quick else protocol,
         fid=settings,
-        seed=record["seed"],
-        latent_sampler=latent.sample,
+        classifier_weights=classifier_weights,
+        sampler=sampler,
+        refit_sampler=refit_sampler,
+        device=resolve_device(device),
+        threads=threads,
+        status=lambda m: console.print(f"[dim]{escape(m)}"),
     )
-    wall_s = time.perf_counter() - t0
-    sample_grid(model, dataset.test, Path(run_dir) / "samples.png", device=str(dev))
-    prior_grid(model, Path(run_dir) / "prior_samples.png")
-    previous = record["protocol"].get("version")
-    previous_sampler = (record.get("sampler") or {}).get("kind", "prior")
-    record["metrics"] = metrics
-    record["sampler"] = {**latent.info, "file": SAMPLER_FILE}
-    record["protocol"] = proto.as_record()
-    record.setdefault("timings", {})["eval_s"] = wall_s
-    record.setdefault("evaluations", []).append(
-        {
-            "at": now(),
-            "protocol": proto.version,
-            "previous_protocol": previous,
-            "classifier_weights": str(classifier_weights) if classifier_weights else None,
-            "sampler": {"kind": latent.kind, "previous": previous_sampler, "fitted": refitted},
-            "fid": None
-            if settings is None
-            else {"kind": settings.extractor, "extractors": sorted(metrics.get(FID, {}))},
-            "wall_s": wall_s,
-            "environment": environment(dev, threads),
-        }
-    )
-    write_record(run_dir, record)
     print_record(record, Path(run_dir))
+    metrics = record["metrics"]
     for ext, per_mod in metrics.get(FID, {}).items():
         t = Table(title=f"FID [{escape(ext)}]", caption=metrics[FID_EXTRACTORS][ext]["label"])
         t.add_column("modality")
@@ -481,7 +428,7 @@ def evaluate(
         t.add_column("FID", justify="right")
         for mod, values in per_mod.items():
             for key, v in values.items():
-                source = f"{latent.kind} sampler" if key == "unconditional" else key
+                source = f"{record['sampler']['kind']} sampler" if key == "unconditional" else key
                 t.add_row(mod, source, f"{v:.4g}")
         console.print(t)
 

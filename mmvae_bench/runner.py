@@ -12,7 +12,7 @@ import traceback
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import Accelerator
@@ -21,17 +21,21 @@ from mmvae_bench.config import RunConfig, make_config
 from mmvae_bench.data.spec import DataOptions, MultimodalDataset
 from mmvae_bench.errors import BenchError
 from mmvae_bench.eval.evaluate import evaluate_model
-from mmvae_bench.eval.protocol import get_protocol
+from mmvae_bench.eval.protocol import FID, get_protocol
 from mmvae_bench.flows import compile_kernels
 from mmvae_bench.io import atomic_torch_save, load_tensors
 from mmvae_bench.model import ModelConfig, ModelEntry, MultimodalVAE
-from mmvae_bench.plots import sample_grid
+from mmvae_bench.plots import prior_grid, sample_grid
 from mmvae_bench.plugins import Registry
 from mmvae_bench.results import SCHEMA_VERSION, environment, now, read_record, write_record
-from mmvae_bench.samplers import SAMPLER_FILE, fit_sampler, save_sampler
+from mmvae_bench.samplers import SAMPLER_FILE, fit_sampler, load_or_fit_sampler, save_sampler
 from mmvae_bench.train import TrainSettings, compile_submodules, train
 
+if TYPE_CHECKING:  # fid.py's torch-fidelity import costs ~2 s: only when FID is asked for
+    from mmvae_bench.eval.fid import FIDSettings
+
 __all__ = [
+    "evaluate_run",
     "load_dataset",
     "load_run",
     "resolve_device",
@@ -238,3 +242,87 @@ def load_run(
     model.load_state_dict(blob["state_dict"])
     model.to(device or torch.device("cpu")).eval().requires_grad_(False)
     return model, dataset, record
+
+
+def evaluate_run(
+    run_dir: Path,
+    registry: Registry,
+    *,
+    protocol: str | None = None,
+    fid: FIDSettings | None = None,
+    classifier_weights: Path | None = None,
+    sampler: str | None = None,
+    refit_sampler: bool = False,
+    device: torch.device | None = None,
+    threads: int = 1,
+    status: Status | None = None,
+) -> dict[str, Any]:
+    """Re-evaluate a finished run from its checkpoint; update its record atomically.
+
+    The metrics are replaced, the protocol updated (default: the run's), an entry appended to
+    ``evaluations``, and the sample grids redrawn. The latent sampler is loaded from
+    ``sampler.pt`` when it is of the requested kind (default: the run's), else fitted with the
+    run's seed and saved. Sampling is seeded by the run's seed: evaluating twice gives the same
+    numbers. Returns the updated record.
+    """
+    say = status or (lambda msg: None)
+    dev = device or torch.device("cpu")
+    state = read_record(run_dir)["status"]
+    if state != "ok":  # a failed run's checkpoint may be from an unfinished stage
+        raise BenchError(f"run {run_dir} has status {state!r}; only completed runs are evaluated")
+    model, dataset, record = load_run(run_dir, registry, device=dev)
+    proto = get_protocol(protocol or record["protocol"]["name"])
+    sampler_kind = sampler or (record.get("sampler") or {}).get("kind", "prior")
+    latent, refitted = load_or_fit_sampler(
+        Path(run_dir) / SAMPLER_FILE,
+        sampler_kind,
+        model,
+        dataset.train,
+        device=dev,
+        seed=record["seed"],
+        refit=refit_sampler,
+    )
+    # Seeded by the run's seed: evaluating a checkpoint twice gives the same numbers.
+    torch.manual_seed(record["seed"])
+    if dev.type == "cuda":
+        torch.cuda.manual_seed_all(record["seed"])
+    say(f"evaluating {record['run_id']} ({proto.name} protocol) on {dev}")
+    t0 = time.perf_counter()
+    metrics = evaluate_model(
+        model,
+        dataset,
+        proto,
+        cache_dir=Path(record["run"]["cache_dir"]),
+        device=dev,
+        progress=say,
+        registry=registry,
+        classifier_weights=classifier_weights,
+        fid=fid,
+        seed=record["seed"],
+        latent_sampler=latent.sample,
+    )
+    wall_s = time.perf_counter() - t0
+    sample_grid(model, dataset.test, Path(run_dir) / "samples.png", device=str(dev))
+    prior_grid(model, Path(run_dir) / "prior_samples.png")
+    previous = record["protocol"].get("version")
+    previous_sampler = (record.get("sampler") or {}).get("kind", "prior")
+    record["metrics"] = metrics
+    record["sampler"] = {**latent.info, "file": SAMPLER_FILE}
+    record["protocol"] = proto.as_record()
+    record.setdefault("timings", {})["eval_s"] = wall_s
+    record.setdefault("evaluations", []).append(
+        {
+            "at": now(),
+            "protocol": proto.version,
+            "previous_protocol": previous,
+            "classifier_weights": str(classifier_weights) if classifier_weights else None,
+            "sampler": {"kind": latent.kind, "previous": previous_sampler, "fitted": refitted},
+            "fid": None
+            if fid is None
+            else {"kind": fid.extractor, "extractors": sorted(metrics.get(FID, {}))},
+            "wall_s": wall_s,
+            "environment": environment(dev, threads),
+        }
+    )
+    write_record(run_dir, record)
+    return record

@@ -98,14 +98,14 @@ def test_evaluate_replaces_metrics_and_appends_history(run_dir: Path) -> None:
 def test_a_failed_evaluation_leaves_the_record_untouched(
     run_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mmvae_bench.eval.evaluate as evaluate
+    import mmvae_bench.runner as runner_mod
 
     before = (run_dir / "results.json").read_bytes()
 
     def boom(*args, **kwargs):
         raise BenchError("evaluation failed half-way")
 
-    monkeypatch.setattr(evaluate, "evaluate_model", boom)
+    monkeypatch.setattr(runner_mod, "evaluate_model", boom)
     res = runner.invoke(app, ["evaluate", str(run_dir), "--threads", "1"])
     assert res.exit_code == 2 and "half-way" in res.output
     assert (run_dir / "results.json").read_bytes() == before
