@@ -30,7 +30,7 @@ __all__ = [
 # Metric keys of the run record (``results.json["metrics"]``).
 COND_COHERENCE = "conditional_coherence"  # {subset_key: {target: acc, "mean": acc}}
 COND_COHERENCE_BY_SIZE = "conditional_coherence_by_size"  # {"1": {"mean", "std", "n"}}
-JOINT_COHERENCE = "joint_coherence"  # fraction of prior samples all classifiers agree on
+JOINT_COHERENCE = "joint_coherence"  # share of latent-sampler draws all classifiers agree on
 JOINT_LABEL_HIST = "joint_label_histogram"  # {modality: [count per class]}
 HMC_ACCEPTANCE = "hmc_acceptance"  # {subset_key: mean acceptance}
 CLASSIFIER_ACCURACY = "classifier_accuracy"  # {modality: test accuracy}
