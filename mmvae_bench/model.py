@@ -77,6 +77,23 @@ class ModelConfig:
     lr: float = 1e-3
     beta: float = 1.0  # weight of the KL term
 
+    def require_at_least(self, minimum: float, *names: str) -> None:
+        """Raise :class:`BenchError` naming the first field in ``names`` below ``minimum``.
+
+        ``None`` values (fields meaning "use the default") are skipped.
+        """
+        for name in names:
+            value = getattr(self, name)
+            if value is not None and value < minimum:
+                raise BenchError(f"{name} must be >= {minimum}, got {value}")
+
+    def require_positive(self, *names: str) -> None:
+        """Raise :class:`BenchError` naming the first field in ``names`` not > 0 (None skipped)."""
+        for name in names:
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise BenchError(f"{name} must be > 0, got {value}")
+
     def __post_init__(self) -> None:
         if self.latent_dim is not None and self.latent_dim < 1:
             raise BenchError(f"latent_dim must be >= 1, got {self.latent_dim}")

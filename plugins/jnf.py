@@ -33,7 +33,6 @@ import torch
 from torch import Tensor, nn
 
 from mmvae_bench.api import (
-    BenchError,
     FlowPosterior,
     GaussianHead,
     HMCSettings,
@@ -78,14 +77,9 @@ class JNFConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("epochs_joint", "epochs_unimodal"):
-            if getattr(self, name) < 0:
-                raise BenchError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("width", "features", "flow_depth", "flow_hidden", "flow_layers"):
-            if getattr(self, name) < 1:
-                raise BenchError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr_unimodal is not None and not self.lr_unimodal > 0:
-            raise BenchError(f"lr_unimodal must be > 0, got {self.lr_unimodal}")
+        self.require_at_least(0, "epochs_joint", "epochs_unimodal")
+        self.require_at_least(1, "width", "features", "flow_depth", "flow_hidden", "flow_layers")
+        self.require_positive("lr_unimodal")
         self.hmc  # noqa: B018 - validates the HMC fields
 
     @property

@@ -96,15 +96,9 @@ class JNFSharedConfig(JNFConfig):
             raise BenchError(
                 f"projector must be one of ['contrastive', 'dcca'], got {self.projector!r}"
             )
-        if self.epochs_projector < 0:
-            raise BenchError(f"epochs_projector must be >= 0, got {self.epochs_projector}")
-        for name in ("common_dim", "shared_dim", "dcca_dim"):
-            if getattr(self, name) < 1:
-                raise BenchError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr_projector", "temperature", "dcca_reg"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise BenchError(f"{name} must be > 0, got {value}")
+        self.require_at_least(0, "epochs_projector")
+        self.require_at_least(1, "common_dim", "shared_dim", "dcca_dim")
+        self.require_positive("lr_projector", "temperature", "dcca_reg")
         if self.projector_batch_size is not None and self.projector_batch_size < 2:
             # Both losses compare samples within a batch: one sample has nothing to compare.
             raise BenchError(f"projector_batch_size must be >= 2, got {self.projector_batch_size}")

@@ -80,11 +80,8 @@ class MMVAEConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.epochs < 0:
-            raise BenchError(f"epochs must be >= 0, got {self.epochs}")
-        for name in ("width", "features", "k"):
-            if getattr(self, name) < 1:
-                raise BenchError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.require_at_least(0, "epochs")
+        self.require_at_least(1, "width", "features", "k")
         if self.estimator not in ("iwae", "dreg"):
             raise BenchError(f"estimator must be 'iwae' or 'dreg', got {self.estimator!r}")
         if self.beta != 1.0:

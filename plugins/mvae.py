@@ -36,7 +36,6 @@ import torch
 from torch import Tensor, nn
 
 from mmvae_bench.api import (
-    BenchError,
     GaussianHead,
     HMCSettings,
     LatentSample,
@@ -72,13 +71,8 @@ class MVAEConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.epochs < 0:
-            raise BenchError(f"epochs must be >= 0, got {self.epochs}")
-        for name in ("width", "features"):
-            if getattr(self, name) < 1:
-                raise BenchError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.k_subsets < 0:
-            raise BenchError(f"k_subsets must be >= 0, got {self.k_subsets}")
+        self.require_at_least(0, "epochs", "k_subsets")
+        self.require_at_least(1, "width", "features")
 
 
 class MVAE(MultimodalVAE):
