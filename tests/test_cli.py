@@ -10,20 +10,9 @@ from typer.testing import CliRunner
 
 from mmvae_bench.cli import app
 from mmvae_bench.results import RECORD_KEYS
+from tests.tiny import TINY_JNF
 
 runner = CliRunner()
-TINY = [
-    "--set",
-    "latent_dim=4",
-    "--set",
-    "width=4",
-    "--set",
-    "features=16",
-    "--set",
-    "flow_hidden=16",
-    "--threads",
-    "1",
-]
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +37,7 @@ def test_run_jnf_circles_squares_end_to_end(tmp_path: Path, cache_dir: Path) -> 
         str(cache_dir),
         "--run-id",
         "r1",
-        *TINY,
+        *TINY_JNF,
     ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output

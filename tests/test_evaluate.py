@@ -13,30 +13,16 @@ from typer.testing import CliRunner
 from mmvae_bench.cli import app
 from mmvae_bench.errors import BenchError
 from mmvae_bench.results import RECORD_KEYS
+from tests.tiny import TINY_RUN
 
 runner = CliRunner()
-TINY = [
-    "--epochs",
-    "1",
-    "--quick",
-    "--set",
-    "latent_dim=4",
-    "--set",
-    "width=4",
-    "--set",
-    "features=16",
-    "--set",
-    "flow_hidden=16",
-    "--threads",
-    "1",
-]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny JNF run on circles-squares (classifiers cached beside it), trained once."""
     root = tmp_path_factory.mktemp("evaluate")
-    args = ["run", "jnf", "--dataset", "circles-squares", *TINY]
+    args = ["run", "jnf", *TINY_RUN]
     args += ["--out", str(root / "runs"), "--cache-dir", str(root / "cache"), "--run-id", "r"]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output

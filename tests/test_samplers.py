@@ -20,6 +20,7 @@ from mmvae_bench.samplers import (
     load_sampler,
     save_sampler,
 )
+from tests.tiny import TINY_RUN
 
 runner = CliRunner()
 D = 2
@@ -171,29 +172,11 @@ def test_bad_files_and_names_are_user_errors(split: Split, tmp_path: Path) -> No
     assert res.exit_code == 2 and "--sampler must be one of" in res.output
 
 
-TINY = [
-    "--dataset",
-    "circles-squares",
-    "--set",
-    "latent_dim=4",
-    "--set",
-    "width=4",
-    "--set",
-    "features=16",
-    "--set",
-    "flow_hidden=16",
-    "--epochs",
-    "1",
-    "--quick",
-    "--threads",
-    "1",
-]
-
-
 @pytest.mark.slow
 def test_cli_run_fits_saves_and_records_the_sampler(tmp_path: Path) -> None:
     out, cache = tmp_path / "runs", tmp_path / "cache"
-    args = ["run", "jnf", *TINY, "--sampler", "gmm", "--out", str(out), "--cache-dir", str(cache)]
+    args = ["run", "jnf", *TINY_RUN, "--sampler", "gmm", "--out", str(out)]
+    args += ["--cache-dir", str(cache)]
     res = runner.invoke(app, [*args, "--run-id", "g"])
     assert res.exit_code == 0, res.output
     run_dir = out / "g"
