@@ -51,6 +51,11 @@ class Stage:
     The trainer optimises the parameters of ``modules`` (attribute names of submodules) with
     Adam at ``lr`` for ``epochs`` epochs; every other submodule is frozen with
     ``requires_grad_(False)`` and put in ``eval()`` mode for the stage.
+
+    A stage whose loss depends on how far training has got (KL annealing, warm-ups) sets
+    ``pass_epoch``: the trainer then calls ``loss(batch, stage, cached, epoch=e)`` with ``e``
+    the epochs completed in this stage as a float (``step / steps_per_epoch``, 0 at the first
+    step). The schedule is a pure function of ``e``: no step counter inside the model.
     """
 
     name: str
@@ -58,6 +63,7 @@ class Stage:
     epochs: int
     lr: float
     batch_size: int | None = None  # None: the model config's batch_size
+    pass_epoch: bool = False  # the trainer passes ``epoch=`` (float) to ``loss``
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -158,6 +164,10 @@ class MultimodalVAE(nn.Module):
             batch: modality tensors ``(batch, *shape)``.
             stage: name of a declared stage; an unknown name raises ``BenchError``.
             cached: per-sample tensors from :meth:`precompute` for this batch (may be empty).
+
+        A stage declared with ``pass_epoch=True`` also receives ``epoch=`` (a float, epochs
+        completed in the stage); give it a default meaning "training finished" so the loss
+        can be evaluated outside the trainer.
 
         Returns:
             ``{"loss": scalar, **parts}``, every entry a batch mean.

@@ -17,9 +17,9 @@ What is checked, on one small batch (a failure raises ``AssertionError`` saying 
   ``ModelConfig``, and the per-dataset defaults (when the dataset has an entry) build a config;
 - stages: at least one, unique names; each takes one Adam step after
   :func:`mmvae_bench.train.freeze_for_stage` with a finite scalar ``loss`` (every entry of the
-  loss dict a finite scalar), some parameter of the stage's modules changes and every other
-  tensor of the ``state_dict`` (buffers included) stays bit-identical; an unknown stage raises
-  ``BenchError``;
+  loss dict a finite scalar; a ``pass_epoch`` stage is given ``epoch=0.5``), some parameter of
+  the stage's modules changes and every other tensor of the ``state_dict`` (buffers included)
+  stays bit-identical; an unknown stage raises ``BenchError``;
 - inference: every non-empty subset S encodes, from a batch holding *only* S's modalities, to
   ``z`` of shape ``(n, B, latent_dim)`` and generates every modality as ``(n, B, *shape)``;
   ``prior_sample(n)`` is ``(n, latent_dim)`` and ``sample(n)`` gives ``(n, *shape)``;
@@ -222,7 +222,9 @@ def _check_stage(name: str, model: MultimodalVAE, stage: Stage, batch: dict[str,
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         cached = model.precompute(batch, stage.name)
-    out = model.loss(batch, stage.name, cached)
+    # Mid-schedule for a stage that anneals: the weights it ramps are neither 0 nor final.
+    kwargs = {"epoch": 0.5} if stage.pass_epoch else {}
+    out = model.loss(batch, stage.name, cached, **kwargs)
     assert isinstance(out, Mapping) and "loss" in out, (
         f"{where}: loss() must return {{'loss': ...}}"
     )

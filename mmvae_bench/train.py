@@ -242,8 +242,9 @@ def _run_stage(
             for batch, extra in iter_batches(
                 x, batch_size, shuffle=True, generator=gen, extras=cached, drop_last=True
             ):
+                kwargs = {"epoch": steps / steps_per_epoch} if stage.pass_epoch else {}
                 with accelerator.autocast():
-                    out = model.loss(batch, stage.name, extra)
+                    out = model.loss(batch, stage.name, extra, **kwargs)
                 loss = out["loss"]
                 opt.zero_grad(set_to_none=True)
                 accelerator.backward(loss)

@@ -15,12 +15,13 @@ where each subset's ELBO reconstructs only its own modalities and S_1..S_k are d
 step, uniformly without replacement among the subsets with 2 <= |S| < M (none exist for M = 2).
 Every term is a batch mean. Inference from S samples the product of S's experts and the prior.
 
-Deliberate deviations from the reference code (mhw32/multimodal-vae-public):
-- no KL annealing. The reference ramps the KL weight from 0 to 1 over the first epochs, which
-  needs the global training step; ``loss(batch, stage, cached)`` is not given it, and counting
-  steps inside ``loss`` (a buffer incremented per call) is a side effect that also breaks
-  re-evaluating a loss. Annealing comes back once the trainer passes the step (proposed: an
-  optional ``step`` entry the trainer provides to ``loss``); until then ``beta`` is fixed;
+Optional KL annealing (``anneal_epochs`` > 0, off by default): the KL weight ramps linearly
+from 0 to ``beta`` over the first ``anneal_epochs`` epochs, per step, as in the reference code
+(mhw32/multimodal-vae-public, which anneals over 20 epochs). The stage declares
+``pass_epoch=True`` so the trainer hands ``loss`` the fractional epoch; the weight is a pure
+function of it.
+
+Deliberate deviations from the reference code:
 - the likelihood weights lambda_m are the dataset's (``rescale``), not per-experiment constants
   (the reference uses lambda_text = 50 on MNIST), so every model sees the same weighting;
 - the k random subsets are drawn with torch's RNG among subsets not already in the objective
@@ -29,6 +30,7 @@ Deliberate deviations from the reference code (mhw32/multimodal-vae-public):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -67,11 +69,12 @@ class MVAEConfig(ModelConfig):
     width: int = 16  # base channel count of the conv nets (16/32/64)
     features: int = 128  # size of each modality's encoder features
     k_subsets: int = 1  # random subsets with 2 <= |S| < M added to the objective per step
+    anneal_epochs: float = 0.0  # KL weight ramps 0 -> beta over these epochs; 0: no annealing
     rescale: bool = True  # weight log-likelihoods by the dataset's lambda_j
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.require_at_least(0, "epochs", "k_subsets")
+        self.require_at_least(0, "epochs", "k_subsets", "anneal_epochs")
         self.require_at_least(1, "width", "features")
 
 
@@ -103,20 +106,39 @@ class MVAE(MultimodalVAE):
     @property
     def stages(self) -> list[Stage]:
         c = self.config
-        return [Stage(name="train", modules=("experts", "decoders"), epochs=c.epochs, lr=c.lr)]
+        return [
+            Stage(
+                name="train",
+                modules=("experts", "decoders"),
+                epochs=c.epochs,
+                lr=c.lr,
+                pass_epoch=c.anneal_epochs > 0,
+            )
+        ]
+
+    def kl_weight(self, epoch: float) -> float:
+        """The KL weight after ``epoch`` (fractional) epochs: ``beta``, ramped when annealing."""
+        c = self.config
+        if c.anneal_epochs <= 0:
+            return c.beta
+        return c.beta * min(1.0, max(0.0, epoch) / c.anneal_epochs)
 
     def loss(
-        self, batch: dict[str, Tensor], stage: str, cached: Mapping[str, Tensor]
+        self,
+        batch: dict[str, Tensor],
+        stage: str,
+        cached: Mapping[str, Tensor],
+        epoch: float = math.inf,  # outside training: the annealed (final) weight
     ) -> dict[str, Tensor]:
         if stage == "train":
-            return self._loss_train(batch)
+            return self._loss_train(batch, self.kl_weight(epoch))
         raise self.unknown_stage(stage)
 
     # -- stage loss ------------------------------------------------------------------------
-    def _loss_train(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def _loss_train(self, batch: dict[str, Tensor], kl_weight: float) -> dict[str, Tensor]:
         experts = {m: self.experts[m](batch[m]) for m in self.specs}  # each encoder runs once
-        joint, kl_joint, nll = self._elbo(batch, experts, self.modalities)
-        single = sum(self._elbo(batch, experts, (m,))[0] for m in self.specs)
+        joint, kl_joint, nll = self._elbo(batch, experts, self.modalities, kl_weight)
+        single = sum(self._elbo(batch, experts, (m,), kl_weight)[0] for m in self.specs)
         parts = {
             "nelbo_joint": -joint.mean(),
             "nelbo_unimodal": -single.mean(),
@@ -128,7 +150,9 @@ class MVAE(MultimodalVAE):
         if k > 0:
             # Drawn on the CPU generator: indices only, no device sync.
             picks = torch.randperm(len(self.extra_subsets))[:k].tolist()
-            extra = sum(self._elbo(batch, experts, self.extra_subsets[i])[0] for i in picks)
+            extra = sum(
+                self._elbo(batch, experts, self.extra_subsets[i], kl_weight)[0] for i in picks
+            )
             parts["nelbo_subsets"] = -extra.mean()
             total = total + extra
         return {"loss": -total.mean(), **parts}
@@ -138,6 +162,7 @@ class MVAE(MultimodalVAE):
         batch: dict[str, Tensor],
         experts: Mapping[str, tuple[Tensor, Tensor]],
         subset: Subset,
+        kl_weight: float,
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Per-sample ELBO(X_S) reconstructing only S, its KL, and each -log p(x_m|z), (B,)."""
         mu, logvar = self._poe(experts, subset)
@@ -145,7 +170,7 @@ class MVAE(MultimodalVAE):
         nll = {m: -log_likelihood(self.specs[m], self.decoders[m](z), batch[m]) for m in subset}
         kl = kl_std_normal(mu, logvar)
         recon = sum(-self.weights[m] * v for m, v in nll.items())
-        return recon - self.config.beta * kl, kl, nll
+        return recon - kl_weight * kl, kl, nll
 
     def _poe(
         self, experts: Mapping[str, tuple[Tensor, Tensor]], subset: Subset

@@ -47,6 +47,13 @@ def test_conformance_three_modalities(name: str) -> None:
     check_model(REGISTRY.model(name), ds, overrides=_overrides(name))
 
 
+def test_conformance_with_a_stage_that_is_passed_the_epoch() -> None:
+    # MVAE with KL annealing declares ``pass_epoch``: the check hands its loss ``epoch=``.
+    entry = REGISTRY.model("mvae")
+    model = check_model(entry, circles_squares(), overrides={"anneal_epochs": 2.0})
+    assert model.stages[0].pass_epoch
+
+
 # -- the check itself can fail: broken models are caught with a message naming the fault --------
 def _broken(base: str, cls_name: str, **methods) -> object:
     entry = REGISTRY.model(base)

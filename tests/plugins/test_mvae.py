@@ -61,3 +61,43 @@ def test_config_errors_name_the_field() -> None:
         MVAEConfig(latent_dim=2, k_subsets=-1)
     with pytest.raises(BenchError, match="epochs"):
         MVAEConfig(latent_dim=2, epochs=-1)
+
+
+def test_kl_annealing_ramps_the_kl_weight_with_the_trainers_epoch() -> None:
+    from accelerate import Accelerator
+
+    from mmvae_bench.train import TrainSettings, train
+
+    ds = tiny_dataset(("vector", "vector", "vector"), n=6)
+    model = MVAE(
+        ds,
+        MVAEConfig(
+            latent_dim=3, width=4, features=8, beta=2.0, anneal_epochs=4, epochs=2, batch_size=3
+        ),
+    )
+    batch = dict(ds.train.x)
+    (stage,) = model.stages
+    assert stage.pass_epoch
+    assert [model.kl_weight(e) for e in (0, 1, 4, 9)] == [0.0, 0.5, 2.0, 2.0]
+    # Same noise, varying weight: the loss is linear in the KL weight, which is 0 at the
+    # start and beta (the default outside the trainer, no ``epoch``) once annealed.
+    losses = []
+    for epoch in (0.0, 2.0, 4.0, None):
+        torch.manual_seed(0)
+        kw = {} if epoch is None else {"epoch": epoch}
+        losses.append(model.loss(batch, "train", {}, **kw)["loss"].detach())
+    at0, at2, at4, final = losses
+    assert at0 < at2 < at4 and torch.equal(at4, final)
+    assert torch.allclose(at2, (at0 + at4) / 2, rtol=1e-5)
+    # The trainer hands the loss the fractional epoch: 6 samples, batch 3 -> 2 steps/epoch.
+    seen: list[float] = []
+    real = model.loss
+    model.loss = lambda b, s, c, **kw: seen.append(kw["epoch"]) or real(b, s, c, **kw)
+    train(model, ds, Accelerator(cpu=True), TrainSettings(progress=False))
+    assert seen == [0.0, 0.5, 1.0, 1.5]
+
+
+def test_no_annealing_by_default() -> None:
+    model, _ = make()
+    assert not model.stages[0].pass_epoch
+    assert model.kl_weight(0.0) == model.config.beta
