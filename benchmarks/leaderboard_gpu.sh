@@ -45,17 +45,18 @@ print(ds.name, "fingerprint", dataset_fingerprint(ds), "classifiers", {m: round(
       f"ready in {time.perf_counter() - t:.0f} s")
 EOF
 t0=$(date +%s)
+pids=()
 for seed in ${SEEDS:-0 1 2}; do
   for model in $models; do
     MODELS=$model SEEDS=$seed RUNS=$runs MMVAE_BENCH="$site/bin/mmvae-bench" \
       RUN_OPTS="--threads 1 --device $device" \
-      bash benchmarks/leaderboard.sh "$dataset" "$@" >"$runs/$model-s$seed.log" 2>&1 &
+      setsid bash benchmarks/leaderboard.sh "$dataset" "$@" >"$runs/$model-s$seed.log" 2>&1 &
+    pids+=($!)  # its own session: killed as a group at the budget, nothing else is
   done
 done
 while [ -n "$(jobs -r)" ] && [ $(($(date +%s) - t0)) -lt "${BUDGET_S:-420}" ]; do sleep 5; done
 echo "runs ended or budget reached after $(($(date +%s) - t0)) s; still running: $(jobs -r | wc -l)"
-kill $(jobs -p) 2>/dev/null
-pkill -f "mmvae-bench" 2>/dev/null
+for pid in "${pids[@]}"; do kill -- "-$pid" 2>/dev/null; done
 sleep 2
 grep -l '"conditional_coherence"' "$runs"/*/results.json | wc -l | xargs echo "evaluated runs:"
 if [ -n "${OUT:-}" ]; then
