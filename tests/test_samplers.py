@@ -210,3 +210,24 @@ def test_cli_run_fits_saves_and_records_the_sampler(tmp_path: Path) -> None:
     assert flow["sampler"]["kind"] == "flow" and flow["run"]["sampler"] == "gmm"
     assert flow["evaluations"][-1]["sampler"] == {"kind": "flow", "previous": "gmm", "fitted": True}
     assert torch.load(run_dir / SAMPLER_FILE, weights_only=True)["kind"] == "flow"
+
+
+def test_gmm_fit_holds_native_thread_pools_to_torchs_thread_count(
+    split: Split, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # scikit-learn's BLAS/OpenMP pools ignore torch.set_num_threads; unlimited, they start a
+    # thread per core and made EM 5-20x slower next to a second job.
+    from sklearn.mixture import GaussianMixture
+    from threadpoolctl import threadpool_info
+
+    seen: list[list[int]] = []
+    real_fit = GaussianMixture.fit
+
+    def fit(self, x, y=None):
+        seen.append([p["num_threads"] for p in threadpool_info()])
+        return real_fit(self, x, y)
+
+    monkeypatch.setattr(GaussianMixture, "fit", fit)
+    _fit("gmm", split)
+    assert seen and seen[0], "no native thread pool was loaded"
+    assert set(seen[0]) == {torch.get_num_threads()}

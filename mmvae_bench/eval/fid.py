@@ -33,6 +33,7 @@ from mmvae_bench.data.spec import ModalitySpec, MultimodalDataset, Split, iter_b
 from mmvae_bench.errors import BenchError
 from mmvae_bench.eval.protocol import FID, FID_EXTRACTORS, Protocol
 from mmvae_bench.model import MultimodalVAE, all_subsets, subset_key
+from mmvae_bench.threads import native_threads
 
 __all__ = [
     "CLASSIFIER_FEATURE_LAYER",
@@ -334,20 +335,21 @@ def frechet_distance(
         if len(s) < 2:
             raise BenchError(f"FID needs at least 2 {name} images, got {len(s)}")
     cuda = torch.device(device).type == "cuda"
-    metrics = torch_fidelity.calculate_metrics(
-        input1=real,
-        input2=fake,
-        fid=True,
-        feature_extractor=extractor,
-        feature_extractor_weights_path=str(weights) if weights else None,
-        input1_cache_name=real_cache_name,
-        cache=real_cache_name is not None,
-        cache_root=str(cache_dir) if cache_dir else None,
-        cuda=cuda,
-        batch_size=batch_size,
-        save_cpu_ram=True,  # DataLoader workers = 0: no forked processes
-        verbose=False,
-    )
+    with native_threads():  # the matrix square root runs in SciPy's BLAS
+        metrics = torch_fidelity.calculate_metrics(
+            input1=real,
+            input2=fake,
+            fid=True,
+            feature_extractor=extractor,
+            feature_extractor_weights_path=str(weights) if weights else None,
+            input1_cache_name=real_cache_name,
+            cache=real_cache_name is not None,
+            cache_root=str(cache_dir) if cache_dir else None,
+            cuda=cuda,
+            batch_size=batch_size,
+            save_cpu_ram=True,  # DataLoader workers = 0: no forked processes
+            verbose=False,
+        )
     return float(metrics[torch_fidelity.KEY_METRIC_FID])
 
 
