@@ -94,6 +94,9 @@ class RunSummary:
     values: dict[str, float]
     extractors: dict[str, dict[str, Any]] = field(default_factory=dict)
     sampler: dict[str, Any] = field(default_factory=lambda: dict(PRIOR_SAMPLER))
+    # Where the unconditional grid's codes came from; records older than the field drew them
+    # from the prior whatever their sampler.
+    unconditional_source: str = "prior"
 
     @property
     def sampler_id(self) -> str:
@@ -248,6 +251,9 @@ def summarize(path: Path, record: Any, root: Path | None = None) -> RunSummary:
         values=values,
         extractors=extractors,
         sampler=sampler,
+        unconditional_source=str(
+            ((record.get("figures") or {}).get(PRIOR_GRID) or {}).get("source", "prior")
+        ),
     )
 
 
@@ -388,6 +394,7 @@ def aggregate(
                 "seeds": [r.seed for r in runs_],
                 "n_seeds": len(runs_),
                 "best_seed": best.seed,
+                "unconditional_source": best.unconditional_source,
                 "runs": [{"run_id": r.run_id, "seed": r.seed, "path": str(r.path)} for r in runs_],
                 "metrics": metrics,
                 "reproduce": _reproduce(best, [r.seed for r in runs_]),
@@ -607,7 +614,9 @@ def _figures(board: dict[str, Any], runs_dir: Path, out_dir: Path) -> None:
         best = next(x for x in r["runs"] if x["seed"] == r["best_seed"])
         run_dir = (runs_dir / best["path"]).parent
         r["figures"] = {}
-        for kind, src in (("conditional", COND_GRID), ("prior", PRIOR_GRID)):
+        source = r.get("unconditional_source", "prior")
+        unconditional = "prior" if source == "prior" else f"unconditional-{source}"
+        for kind, src in (("conditional", COND_GRID), (unconditional, PRIOR_GRID)):
             if (run_dir / src).is_file():
                 name = f"{r['id']}-{kind}.png"
                 shutil.copyfile(run_dir / src, fig_dir / name)

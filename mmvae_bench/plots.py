@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -89,12 +90,25 @@ def sample_grid(
 
 
 @torch.no_grad()
-def prior_grid(model: MultimodalVAE, path: Path, *, n_samples: int = 8) -> Path:
-    """Write a PNG of ``n_samples`` prior draws decoded into every modality (one row each).
+def prior_grid(
+    model: MultimodalVAE,
+    path: Path,
+    *,
+    n_samples: int = 8,
+    draw: Callable[[int], Tensor] | None = None,
+    source: str = "the prior",
+) -> Path:
+    """Write a PNG of ``n_samples`` unconditional draws decoded into every modality (one row each).
 
-    A column is one z, so reading down a column shows whether the modalities agree.
+    ``draw(n)`` gives the latent codes, ``(n, latent_dim)`` (default: ``model.prior_sample``);
+    pass the run's latent sampler so the grid shows what its joint coherence and FID decode,
+    and name it in ``source``. A column is one z, so reading down it shows whether the
+    modalities agree.
     """
-    out = model.sample(n_samples)
+    with torch.no_grad():
+        z = (draw or model.prior_sample)(n_samples)
+        out = model.decode(z.to(next(model.parameters()).device))
+    out = {m: v.float().cpu() for m, v in out.items()}
     rows = [to_rgb(out[m], model.specs[m]) for m in model.modalities]
     grid = torch.stack(rows)  # (R, B, H, W, 3)
     r, b = grid.shape[:2]
@@ -105,7 +119,7 @@ def prior_grid(model: MultimodalVAE, path: Path, *, n_samples: int = 8) -> Path:
     ax.imshow(img.numpy(), interpolation="nearest")
     ax.set_yticks([(i + 0.5) * (CELL + 2) for i in range(r)], list(model.modalities), fontsize=7)
     ax.set_xticks([])
-    ax.set_title("samples from the prior (one z per column)", fontsize=9)
+    ax.set_title(f"samples from {source} (one z per column)", fontsize=9)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, bbox_inches="tight")

@@ -303,11 +303,16 @@ def evaluate_run(
     )
     wall_s = time.perf_counter() - t0
     sample_grid(model, dataset.test, Path(run_dir) / "samples.png", device=str(dev))
-    prior_grid(model, Path(run_dir) / "prior_samples.png")
+    source = "the prior" if latent.kind == "prior" else f"the {latent.kind} sampler"
+    prior_grid(model, Path(run_dir) / "prior_samples.png", draw=latent.sample, source=source)
     previous = record["protocol"].get("version")
     previous_sampler = (record.get("sampler") or {}).get("kind", "prior")
     record["metrics"] = metrics
     record["sampler"] = {**latent.info, "file": SAMPLER_FILE}
+    record["figures"] = {
+        "samples.png": {"what": "conditional samples from each modality"},
+        "prior_samples.png": {"what": "unconditional samples", "source": latent.kind},
+    }
     record["protocol"] = proto.as_record()
     record.setdefault("timings", {})["eval_s"] = wall_s
     record.setdefault("evaluations", []).append(

@@ -63,6 +63,7 @@ def test_evaluate_replaces_metrics_and_appends_history(run_dir: Path) -> None:
     assert after["timings"]["eval_s"] == entry["wall_s"]
     assert after["timings"]["train_s"] == before["timings"]["train_s"]
     assert (run_dir / "prior_samples.png").stat().st_size > 1000
+    assert after["figures"]["prior_samples.png"]["source"] == after["sampler"]["kind"]
     assert not list(run_dir.glob("*.tmp")), "temp files left behind"
     assert name in res.output  # the FID table names its extractor
     prior_png = (run_dir / "prior_samples.png").read_bytes()

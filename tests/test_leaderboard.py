@@ -231,6 +231,22 @@ def test_figures_and_sample_grids_are_linked_from_the_markdown(tmp_path: Path) -
     assert "--seed $s" in md  # how to reproduce the row
 
 
+def test_the_unconditional_grid_is_named_by_the_sampler_that_drew_it(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    sampler = {"sampler": {"kind": "gmm", "settings": {"components": 10}}}
+    # A record that says its grid came from the gmm sampler, and an older one that does not
+    # say (its grid was drawn from the prior even though its row's sampler is the gmm).
+    new = {"figures": {"prior_samples.png": {"source": "gmm"}}}
+    for name, model, extra in (("new", "jnf", new), ("old", "mvae", {})):
+        p = write(runs, record(name, model=model, **sampler, **extra))
+        (p.parent / "prior_samples.png").write_bytes(name.encode())
+    rows = {r["model"]: r for r in build(tmp_path)["rows"]}
+    lb = tmp_path / "lb"
+    assert set(rows["jnf"]["figures"]) == {"unconditional-gmm"}
+    assert (lb / rows["jnf"]["figures"]["unconditional-gmm"]).read_bytes() == b"new"
+    assert set(rows["mvae"]["figures"]) == {"prior"}
+
+
 def test_cli_build_and_show(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     write(runs, record("r0"))
