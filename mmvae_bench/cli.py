@@ -20,6 +20,7 @@ from rich.table import Table
 
 from mmvae_bench.config import (
     Device,
+    FIDKind,
     Precision,
     RunConfig,
     SamplerKind,
@@ -102,6 +103,30 @@ def parse_epochs(items: list[str] | None) -> dict[str, int]:
     return out
 
 
+FIDExtractorOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="FID features: classifier (offline, the coherence classifier's penultimate "
+        "layer) or inception (needs its weights). Default: inception when "
+        "--inception-weights is given, else classifier."
+    ),
+]
+InceptionWeightsOpt = Annotated[
+    Path | None,
+    typer.Option(help="Inception v3 weights (weights-inception-2015-12-05-6726825d.pth)."),
+]
+
+
+def fid_choice(fid: bool, extractor: str | None, inception_weights: Path | None) -> str | None:
+    """The FID extractor ``--fid/--fid-extractor/--inception-weights`` ask for (None: no FID)."""
+    if not fid:
+        if extractor or inception_weights:
+            raise BenchError("--fid-extractor/--inception-weights need --fid")
+        return None
+    kind = extractor or ("inception" if inception_weights else "classifier")
+    return coerce_value("--fid-extractor", kind, FIDKind)
+
+
 @app.command()
 @user_errors
 def run(
@@ -138,6 +163,12 @@ def run(
         ),
     ] = None,
     sampler: Annotated[str, typer.Option(help=SAMPLER_HELP)] = "prior",
+    fid: Annotated[
+        bool,
+        typer.Option(help="Also compute FID per image modality (evaluate --fid adds it later)."),
+    ] = False,
+    fid_extractor: FIDExtractorOpt = None,
+    inception_weights: InceptionWeightsOpt = None,
     run_id: Annotated[str | None, typer.Option(help="Fixed run id.")] = None,
     plugin: PluginOpt = None,
 ) -> None:
@@ -165,6 +196,8 @@ def run(
         evaluate=evaluate,
         classifier_weights=classifier_weights,
         sampler=coerce_value("--sampler", sampler, SamplerKind),
+        fid=fid_choice(fid, fid_extractor, inception_weights),
+        inception_weights=inception_weights,
         run_id=run_id,
     )
     record = run_model(cfg, registry, progress=True, status=lambda m: console.print(f"[dim]{m}"))
@@ -172,7 +205,9 @@ def run(
 
 
 def print_record(record: dict[str, Any], run_dir: Path) -> None:
-    """A rich summary of a run record: stages, coherence by |S|, joint coherence."""
+    """A rich summary of a run record: stages, coherence by |S|, joint coherence, FID."""
+    from rich.markup import escape
+
     from mmvae_bench.eval import protocol as P
 
     t = Table(title=f"{record['model']} on {record['dataset']} (seed {record['seed']})")
@@ -200,6 +235,16 @@ def print_record(record: dict[str, Any], run_dir: Path) -> None:
         t.add_row("HMC acceptance", f"{min(rates):.2f}–{max(rates):.2f}")
     t.add_row("protocol", record["protocol"]["name"])
     console.print(t)
+    for ext, per_mod in m.get(P.FID, {}).items():
+        t = Table(title=f"FID [{escape(ext)}]", caption=m[P.FID_EXTRACTORS][ext]["label"])
+        t.add_column("modality")
+        t.add_column("generated from")
+        t.add_column("FID", justify="right")
+        for mod, values in per_mod.items():
+            for key, v in values.items():
+                source = f"{record['sampler']['kind']} sampler" if key == "unconditional" else key
+                t.add_row(mod, source, f"{v:.4g}")
+        console.print(t)
     console.print(f"record: {run_dir / 'results.json'}")
 
 
@@ -351,18 +396,8 @@ def evaluate(
     ] = None,
     quick: Annotated[bool, typer.Option(help="Use the quick evaluation protocol.")] = False,
     fid: Annotated[bool, typer.Option(help="Compute FID per image modality.")] = True,
-    fid_extractor: Annotated[
-        str | None,
-        typer.Option(
-            help="FID features: classifier (offline, the coherence classifier's penultimate "
-            "layer) or inception (needs its weights). Default: inception when "
-            "--inception-weights is given, else classifier."
-        ),
-    ] = None,
-    inception_weights: Annotated[
-        Path | None,
-        typer.Option(help="Inception v3 weights (weights-inception-2015-12-05-6726825d.pth)."),
-    ] = None,
+    fid_extractor: FIDExtractorOpt = None,
+    inception_weights: InceptionWeightsOpt = None,
     classifier_weights: Annotated[
         Path | None,
         typer.Option(
@@ -389,24 +424,18 @@ def evaluate(
     import torch
     from rich.markup import escape
 
-    from mmvae_bench.eval.fid import ExtractorKind, FIDSettings, inception_weights_path
-    from mmvae_bench.eval.protocol import FID, FID_EXTRACTORS
+    from mmvae_bench.eval.fid import FIDSettings, inception_weights_path
     from mmvae_bench.runner import evaluate_run, resolve_device
 
     torch.set_num_threads(threads)
     if sampler is not None:
         sampler = coerce_value("--sampler", sampler, SamplerKind)
     settings = None
-    if fid:
-        kind = fid_extractor or ("inception" if inception_weights else "classifier")
-        settings = FIDSettings(
-            extractor=coerce_value("--fid-extractor", kind, ExtractorKind),
-            inception_weights=inception_weights,
-        )
+    kind = fid_choice(fid, fid_extractor, inception_weights)
+    if kind is not None:
+        settings = FIDSettings(extractor=kind, inception_weights=inception_weights)
         if settings.extractor == "inception":
             inception_weights_path(settings)  # fail now, not after minutes of coherence
-    elif fid_extractor or inception_weights:
-        raise BenchError("--fid-extractor/--inception-weights need --fid")
     record = evaluate_run(
         run_dir,
         _registry(plugin),
@@ -420,17 +449,6 @@ def evaluate(
         status=lambda m: console.print(f"[dim]{escape(m)}"),
     )
     print_record(record, Path(run_dir))
-    metrics = record["metrics"]
-    for ext, per_mod in metrics.get(FID, {}).items():
-        t = Table(title=f"FID [{escape(ext)}]", caption=metrics[FID_EXTRACTORS][ext]["label"])
-        t.add_column("modality")
-        t.add_column("generated from")
-        t.add_column("FID", justify="right")
-        for mod, values in per_mod.items():
-            for key, v in values.items():
-                source = f"{record['sampler']['kind']} sampler" if key == "unconditional" else key
-                t.add_row(mod, source, f"{v:.4g}")
-        console.print(t)
 
 
 # == end evaluate ============================================================================

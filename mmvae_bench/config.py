@@ -26,6 +26,7 @@ __all__ = [
 Device = Literal["cpu", "cuda", "auto"]
 Precision = Literal["no", "bf16", "fp16"]
 SamplerKind = Literal["prior", "gmm", "flow"]  # latent samplers, see mmvae_bench.samplers
+FIDKind = Literal["classifier", "inception"]  # FID feature extractors, see eval/fid.py
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +53,9 @@ class RunConfig:
         sampler: where joint coherence and unconditional FID draw z from: ``prior``, or a
             ``gmm``/``flow`` fitted to the training set's joint embeddings after training
             (:mod:`mmvae_bench.samplers`).
+        fid: FID feature extractor for the evaluation after training (``classifier`` or
+            ``inception``); None: no FID (``mmvae-bench evaluate --fid`` adds it later).
+        inception_weights: the Inception v3 weights file, for ``fid="inception"``.
         run_id: fixed run id (default: model-dataset-seed-timestamp).
     """
 
@@ -71,6 +75,8 @@ class RunConfig:
     evaluate: bool = True
     classifier_weights: Path | None = None
     sampler: SamplerKind = "prior"
+    fid: FIDKind | None = None
+    inception_weights: Path | None = None
     run_id: str | None = None
 
     def __post_init__(self) -> None:
@@ -80,6 +86,12 @@ class RunConfig:
             raise BenchError(
                 f"sampler must be one of {list(typing.get_args(SamplerKind))}, got {self.sampler!r}"
             )
+        if self.fid is not None and self.fid not in typing.get_args(FIDKind):
+            raise BenchError(
+                f"fid must be one of {list(typing.get_args(FIDKind))} or None, got {self.fid!r}"
+            )
+        if self.inception_weights is not None and self.fid != "inception":
+            raise BenchError("inception_weights is only used with fid='inception'")
         for stage, n in self.epochs.items():
             if n < 0:
                 raise BenchError(f"epochs for stage '{stage}' must be >= 0, got {n}")

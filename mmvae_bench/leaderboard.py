@@ -31,7 +31,7 @@ from mmvae_bench.eval.protocol import (
     JOINT_COHERENCE,
 )
 from mmvae_bench.io import atomic_write, atomic_write_json
-from mmvae_bench.results import RECORD_KEYS
+from mmvae_bench.results import COND_GRID, PRIOR_GRID, RECORD_KEYS
 
 __all__ = [
     "LEADERBOARD_VERSION",
@@ -53,9 +53,7 @@ LEADERBOARD_VERSION = 1
 # Run settings besides the model config that change results; the seed, run id, device, threads
 # and paths do not, so runs that differ only in those share a row.
 _RUN_KEYS_IN_CONFIG = ("precision",)
-PRIOR_GRID = "prior_samples.png"  # written by `mmvae-bench evaluate`
 PRIOR_SAMPLER: dict[str, Any] = {"kind": "prior", "settings": {}}
-COND_GRID = "samples.png"  # written by `mmvae-bench run` and `evaluate`
 
 
 class _Invalid(Exception):

@@ -16,6 +16,8 @@ from mmvae_bench.errors import BenchError
 from mmvae_bench.io import atomic_write_json
 
 __all__ = [
+    "COND_GRID",
+    "PRIOR_GRID",
     "RECORD_KEYS",
     "SCHEMA_VERSION",
     "environment",
@@ -25,6 +27,9 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
+# The sample grids in a run folder (written by `run` and `evaluate`, linked by leaderboards).
+COND_GRID = "samples.png"
+PRIOR_GRID = "prior_samples.png"  # unconditional: the run's latent sampler (record: figures)
 # Keys every complete record has (tests and the leaderboard rely on them).
 RECORD_KEYS = (
     "schema",

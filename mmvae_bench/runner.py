@@ -27,8 +27,22 @@ from mmvae_bench.io import atomic_torch_save, load_tensors
 from mmvae_bench.model import ModelConfig, ModelEntry, MultimodalVAE
 from mmvae_bench.plots import prior_grid, sample_grid
 from mmvae_bench.plugins import Registry
-from mmvae_bench.results import SCHEMA_VERSION, environment, now, read_record, write_record
-from mmvae_bench.samplers import SAMPLER_FILE, fit_sampler, load_or_fit_sampler, save_sampler
+from mmvae_bench.results import (
+    COND_GRID,
+    PRIOR_GRID,
+    SCHEMA_VERSION,
+    environment,
+    now,
+    read_record,
+    write_record,
+)
+from mmvae_bench.samplers import (
+    SAMPLER_FILE,
+    LatentSampler,
+    fit_sampler,
+    load_or_fit_sampler,
+    save_sampler,
+)
 from mmvae_bench.train import TrainSettings, compile_submodules, train
 
 if TYPE_CHECKING:  # fid.py's torch-fidelity import costs ~2 s: only when FID is asked for
@@ -80,6 +94,18 @@ def load_dataset(registry: Registry, cfg: RunConfig) -> MultimodalDataset:
     return entry.load(opts)
 
 
+def run_fid_settings(cfg: RunConfig) -> FIDSettings | None:
+    """The FID settings ``cfg`` asks for; Inception weights are checked now, not after training."""
+    if cfg.fid is None:
+        return None
+    from mmvae_bench.eval.fid import FIDSettings, inception_weights_path
+
+    settings = FIDSettings(extractor=cfg.fid, inception_weights=cfg.inception_weights)
+    if settings.extractor == "inception":
+        inception_weights_path(settings)
+    return settings
+
+
 def _run_record(cfg: RunConfig) -> dict[str, Any]:
     d = dataclasses.asdict(cfg)
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
@@ -109,6 +135,7 @@ def run(
     entry = registry.model(cfg.model)
     protocol = get_protocol(cfg.protocol)
     device = resolve_device(cfg.device)
+    fid = run_fid_settings(cfg)
     dataset = load_dataset(registry, cfg)
     config = resolve_model_config(entry, dataset, dict(cfg.overrides))
     run_id = cfg.run_id or (
@@ -187,11 +214,14 @@ def run(
                 progress=say,
                 registry=registry,
                 classifier_weights=cfg.classifier_weights,
+                fid=fid,
                 seed=cfg.seed,
                 latent_sampler=sampler.sample,
             )
             record["timings"]["eval_s"] = time.perf_counter() - t1
-            sample_grid(model, dataset.test, run_dir / "samples.png", device=str(device))
+            record["figures"] = _sample_grids(model, dataset, run_dir, sampler, device)
+        else:
+            sample_grid(model, dataset.test, run_dir / COND_GRID, device=str(device))
         record["status"] = "ok"
     except BaseException as e:
         record["status"] = "failed"
@@ -204,6 +234,23 @@ def run(
     record["finished"] = now()
     write_record(run_dir, record)
     return record
+
+
+def _sample_grids(
+    model: MultimodalVAE,
+    dataset: MultimodalDataset,
+    run_dir: Path,
+    latent: LatentSampler,
+    device: torch.device,
+) -> dict[str, dict[str, str]]:
+    """Draw the conditional and unconditional grids; return the record's ``figures`` entry."""
+    sample_grid(model, dataset.test, run_dir / COND_GRID, device=str(device))
+    source = "the prior" if latent.kind == "prior" else f"the {latent.kind} sampler"
+    prior_grid(model, run_dir / PRIOR_GRID, draw=latent.sample, source=source)
+    return {
+        COND_GRID: {"what": "conditional samples from each modality"},
+        PRIOR_GRID: {"what": "unconditional samples", "source": latent.kind},
+    }
 
 
 def save_checkpoint(path: Path, model: MultimodalVAE, cfg: RunConfig, stage: str) -> Path:
@@ -302,17 +349,12 @@ def evaluate_run(
         latent_sampler=latent.sample,
     )
     wall_s = time.perf_counter() - t0
-    sample_grid(model, dataset.test, Path(run_dir) / "samples.png", device=str(dev))
-    source = "the prior" if latent.kind == "prior" else f"the {latent.kind} sampler"
-    prior_grid(model, Path(run_dir) / "prior_samples.png", draw=latent.sample, source=source)
+    figures = _sample_grids(model, dataset, Path(run_dir), latent, dev)
     previous = record["protocol"].get("version")
     previous_sampler = (record.get("sampler") or {}).get("kind", "prior")
     record["metrics"] = metrics
     record["sampler"] = {**latent.info, "file": SAMPLER_FILE}
-    record["figures"] = {
-        "samples.png": {"what": "conditional samples from each modality"},
-        "prior_samples.png": {"what": "unconditional samples", "source": latent.kind},
-    }
+    record["figures"] = figures
     record["protocol"] = proto.as_record()
     record.setdefault("timings", {})["eval_s"] = wall_s
     record.setdefault("evaluations", []).append(

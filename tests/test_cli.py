@@ -37,6 +37,9 @@ def test_run_jnf_circles_squares_end_to_end(tmp_path: Path, cache_dir: Path) -> 
         str(cache_dir),
         "--run-id",
         "r1",
+        "--fid",
+        "--sampler",
+        "gmm",
         *TINY_JNF,
     ]
     res = runner.invoke(app, args)
@@ -56,6 +59,12 @@ def test_run_jnf_circles_squares_end_to_end(tmp_path: Path, cache_dir: Path) -> 
     assert (tmp_path / "r1" / "samples.png").stat().st_size > 1000
     assert (tmp_path / "r1" / "checkpoint.pt").is_file()
     assert "record:" in res.output
+    # --fid: the classifier extractor (offline) for both image modalities, shown in a table;
+    # the unconditional grid decodes the gmm sampler's codes and the record says so.
+    assert set(m["fid"][next(iter(m["fid_extractors"]))]) == {"circle", "square"}
+    assert "FID" in res.output and "comparable only" in res.output  # the table and caption
+    assert record["figures"]["prior_samples.png"]["source"] == "gmm"
+    assert (tmp_path / "r1" / "prior_samples.png").stat().st_size > 1000
 
 
 def _error(args: list[str]) -> str:
@@ -90,6 +99,17 @@ def test_unknown_dataset_lists_valid_names() -> None:
 def test_bad_set_names_the_field(assignment: str, field: str) -> None:
     out = _error(["run", "jnf", "--dataset", "circles-squares", "--set", assignment])
     assert field in out
+
+
+def test_fid_options_are_checked_before_training(tmp_path: Path) -> None:
+    assert "need --fid" in _error(["run", "jnf", "--fid-extractor", "inception"])
+    assert "fid-extractor" in _error(["run", "jnf", "--fid", "--fid-extractor", "swav"])
+    missing = tmp_path / "inception.pth"
+    out = _error(
+        ["run", "jnf", "--fid", "--inception-weights", str(missing), "--out", str(tmp_path)]
+    )
+    assert "inception.pth" in out
+    assert not list(tmp_path.glob("*/results.json")), "no run may start"
 
 
 def test_bad_epochs_and_device() -> None:
