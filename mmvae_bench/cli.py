@@ -602,7 +602,7 @@ def sweep(
     plugin: PluginOpt = None,
 ) -> None:
     """Sweep a grid of configs x seeds on Ray Tune; each trial is an ordinary run."""
-    from mmvae_bench import tune as sweeps
+    from mmvae_bench import sweep as sweeps
 
     given = {
         "model": model,
@@ -634,8 +634,10 @@ def sweep(
     base = sweeps.load_sweep_file(config) if config else {}
     values = sweeps.merge_sweep_values(base, {k: v for k, v in given.items() if v is not None})
     registry = _registry([Path(p) for p in values.get("plugins", [])])
-    cfg = sweeps.sweep_config(values, registry)
-    summary = sweeps.run_sweep(cfg, status=lambda m: console.print(f"[dim]{m}"))
+    cfg = sweeps.sweep_config(values, registry)  # every check before Ray is imported
+    from mmvae_bench.tune import run_sweep
+
+    summary = run_sweep(cfg, status=lambda m: console.print(f"[dim]{m}"))
     print_sweep(summary)
 
 

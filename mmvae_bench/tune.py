@@ -14,398 +14,52 @@ killed driver never costs a finished run. An unfinished trial restarts from scra
 runner has no mid-run resume); its Tune checkpoints are the stage-end weights, kept with the
 experiment.
 
-This is the only module that imports ``ray`` (tests/test_layering.py).
+The sweep's definition (grid, trials, summary, heat map) is :mod:`mmvae_bench.sweep`, which
+needs no Ray. This is the only module that imports ``ray`` (tests/test_layering.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import json
 import logging
-import math
 import os
-import re
 import shutil
 import tempfile
 import time
-import typing
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray import tune
 
-from mmvae_bench.config import (
-    Device,
-    Precision,
-    RunConfig,
-    coerce_value,
-    config_fields,
-    load_toml,
-    make_config,
-)
 from mmvae_bench.errors import BenchError
-from mmvae_bench.eval import protocol as P
-from mmvae_bench.io import atomic_write, atomic_write_json
-from mmvae_bench.plugins import Registry, load_registry
+from mmvae_bench.io import atomic_write_json
+from mmvae_bench.plugins import load_registry
+from mmvae_bench.sweep import (
+    COND_1,
+    STATE_FILE,
+    SweepConfig,
+    SweepSummary,
+    TrialSummary,
+    best_configs,
+    finished_record,
+    main_metrics,
+    sweep_definition,
+    trial_run_config,
+    trial_slug,
+    write_heatmap,
+)
 
-__all__ = [
-    "GRID_ALIASES",
-    "LOOPBACK",
-    "SWEEP_KEYS",
-    "SweepConfig",
-    "SweepSummary",
-    "TrialSummary",
-    "init_ray",
-    "load_sweep_file",
-    "main_metrics",
-    "merge_sweep_values",
-    "parse_pairs",
-    "ray_session",
-    "run_sweep",
-    "sweep_config",
-    "write_heatmap",
-]
+__all__ = ["LOOPBACK", "init_ray", "ray_session", "run_sweep"]
 
 log = logging.getLogger(__name__)
 
 # Ray binds the machine's external interface by default and rewrites 127.0.0.1 to it
 # (DESIGN §7); a local cluster on another loopback address stays on this machine.
 LOOPBACK = "127.0.0.2"
-# Short names accepted for grid axes and --set keys, shown in the CLI's help.
-GRID_ALIASES: Mapping[str, str] = {"flows": "flow_depth"}
-# Keys of a sweep file (benchmarks/*.toml); "-" and "_" are interchangeable.
-SWEEP_KEYS = (
-    "model",
-    "dataset",
-    "grid",
-    "seeds",
-    "set",
-    "epochs",
-    "quick",
-    "protocol",
-    "threads",
-    "out",
-    "cache_dir",
-    "data_dir",
-    "device",
-    "precision",
-    "evaluate",
-    "plugins",
-    "cpus",
-    "cpus_per_trial",
-    "gpus_per_trial",
-    "address",
-    "storage",
-    "name",
-    "resume",
-    "max_concurrent",
-    "heatmap",
-)
-COND_1 = "cond_coherence_1"  # the sweep's headline metric: mean one-input coherence
-_LABELS = {COND_1: "conditional coherence from one modality", "joint_coherence": "joint coherence"}
-_SAFE = re.compile(r"[^A-Za-z0-9._=-]+")
-_STATE = "sweep_config.json"  # what defines the trials; a resume must match it
-
-
-@dataclass(frozen=True, kw_only=True)
-class SweepConfig:
-    """A grid sweep: the trials it defines and where and how they run.
-
-    Attributes:
-        run: template of every trial's run (its ``seed`` and ``run_id`` are set per trial);
-            paths are absolute because Tune changes the trials' working directory.
-        grid: ``{model config field: values}``, typed, in grid order; may be empty.
-        seeds: the seed axis of the grid.
-        name: the sweep's name: Tune experiment ``<storage>/<name>`` and run-id prefix.
-        storage: folder of Tune experiments (shared by all nodes on a real cluster).
-        plugins: plugin files every trial loads (``--plugin``).
-        address: an existing Ray cluster (``auto`` or ``HOST:PORT``); None starts a local one.
-        cpus: CPUs of the local Ray (None: all of this machine's).
-        cpus_per_trial: CPUs reserved per trial.
-        gpus_per_trial: GPUs per trial; a fraction below 1 lets trials share a GPU.
-        max_concurrent: at most this many trials at once (None: as resources allow).
-        resume: continue the interrupted sweep ``<storage>/<name>``.
-        heatmap: the two grid axes of the heat map (x, y); None picks the first two axes.
-    """
-
-    run: RunConfig
-    grid: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
-    seeds: tuple[int, ...] = (0,)
-    name: str
-    storage: Path = Path("sweeps")
-    plugins: tuple[Path, ...] = ()
-    address: str | None = None
-    cpus: int | None = None
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    max_concurrent: int | None = None
-    resume: bool = False
-    heatmap: tuple[str, str] | None = None
-
-    def __post_init__(self) -> None:
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise BenchError(f"seeds must be distinct and non-empty, got {list(self.seeds)}")
-        for k, values in self.grid.items():
-            if not values:
-                raise BenchError(f"grid axis '{k}' has no values")
-            if len({repr(v) for v in values}) != len(values):
-                raise BenchError(f"grid axis '{k}' repeats a value: {list(values)}")
-        if not self.name or _SAFE.search(self.name) or self.name.startswith("."):
-            raise BenchError(f"name must use only letters, digits and ._=-, got {self.name!r}")
-        if not self.cpus_per_trial > 0:
-            raise BenchError(f"cpus_per_trial must be > 0, got {self.cpus_per_trial}")
-        g = self.gpus_per_trial
-        if not g >= 0 or (g > 1 and g != int(g)):
-            raise BenchError(f"gpus_per_trial must be a fraction <= 1 or a whole number, got {g}")
-        if self.run.device == "cuda" and g == 0:
-            raise BenchError("device cuda needs gpus_per_trial > 0 (Ray hides GPUs otherwise)")
-        if self.cpus is not None and self.cpus < 1:
-            raise BenchError(f"cpus must be >= 1, got {self.cpus}")
-        if self.cpus is not None and self.address is not None:
-            raise BenchError("cpus sizes a local Ray; a cluster's come from `ray start --num-cpus`")
-        if self.max_concurrent is not None and self.max_concurrent < 1:
-            raise BenchError(f"max_concurrent must be >= 1, got {self.max_concurrent}")
-        if self.heatmap is not None:
-            bad = [a for a in self.heatmap if a not in self.grid]
-            if bad or len(set(self.heatmap)) != 2:
-                raise BenchError(
-                    f"heatmap takes two distinct grid axes ({', '.join(self.grid) or 'none'}), "
-                    f"got {list(self.heatmap)}"
-                )
-
-    @property
-    def path(self) -> Path:
-        """The sweep folder: Tune's experiment, ``sweep.json`` and the heat map."""
-        return self.storage / self.name
-
-    def trials(self) -> list[tuple[dict[str, Any], int]]:
-        """``(params, seed)`` of every trial, in grid order (seeds vary fastest)."""
-        axes = list(self.grid)
-        return [
-            (dict(zip(axes, combo, strict=True)), seed)
-            for combo in itertools.product(*self.grid.values())
-            for seed in self.seeds
-        ]
-
-    def run_id(self, params: Mapping[str, Any], seed: int) -> str:
-        """``<name>-<field><value>-...-s<seed>``: names the sweep and the trial."""
-        return f"{self.name}-{_slug(params, seed)}"
-
-
-@dataclass
-class TrialSummary:
-    """One trial at the end of a sweep: its grid point, outcome and headline metrics."""
-
-    run_id: str
-    params: dict[str, Any]
-    seed: int
-    status: str  # ok | failed | unfinished
-    metrics: dict[str, float] = field(default_factory=dict)
-    error: str | None = None
-    node_ip: str | None = None
-    reused: bool = False  # its record existed already (a resumed sweep)
-    record: str | None = None
-
-
-@dataclass
-class SweepSummary:
-    """The end of a sweep: every trial, the best config per metric and the files written."""
-
-    name: str
-    path: Path
-    trials: list[TrialSummary]
-    best: dict[str, dict[str, Any]]
-    axes: list[str]
-    heatmap: Path | None
-    wall_s: float
-
-    def as_record(self) -> dict[str, Any]:
-        """JSON-able form (``sweep.json``)."""
-        d = dataclasses.asdict(self)
-        d["path"] = str(self.path)
-        d["heatmap"] = str(self.heatmap) if self.heatmap else None
-        return d
-
-
-# ---------------------------------------------------------------------------------------------
-# Building a SweepConfig from a sweep file and the command line (all checks before Ray starts)
-# ---------------------------------------------------------------------------------------------
-
-
-def parse_pairs(items: Sequence[str], what: str, *, lists: bool = False) -> dict[str, Any]:
-    """``["k=v", ...]`` -> ``{k: v}``; with ``lists``, ``v`` is split at commas into a list."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key or not raw.strip():
-            example = "beta=0.5,1,2.5" if lists else "key=value"
-            raise BenchError(f"{what} expects {example}, got {item!r}")
-        if key in out:
-            raise BenchError(f"{what} {key} given twice")
-        out[key] = [v.strip() for v in raw.split(",")] if lists else raw.strip()
-    return out
-
-
-def load_sweep_file(path: Path) -> dict[str, Any]:
-    """Read a sweep TOML file; unknown keys are an error listing the valid ones."""
-    raw = load_toml(Path(path))
-    values = {k.replace("-", "_"): v for k, v in raw.items()}
-    unknown = sorted(k for k in values if k not in SWEEP_KEYS)
-    if unknown:
-        raise BenchError(f"{path}: unknown key(s) {unknown}; valid: {', '.join(SWEEP_KEYS)}")
-    for key in ("grid", "set"):
-        if key in values and not isinstance(values[key], Mapping):
-            raise BenchError(f"{path}: '{key}' must be a table ([{key}] with field = value)")
-    return values
-
-
-def merge_sweep_values(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """``over`` (the command line) wins over ``base`` (a sweep file); grid and set per field."""
-    out = dict(base)
-    for k, v in over.items():
-        if k in ("grid", "set") and isinstance(out.get(k), Mapping):
-            out[k] = {**out[k], **v}
-        else:
-            out[k] = v
-    return out
-
-
-def sweep_config(values: Mapping[str, Any], registry: Registry) -> SweepConfig:
-    """Validate merged sweep values against the registry and build the :class:`SweepConfig`.
-
-    Every grid point's model config is built once here, so a bad field or value fails before
-    Ray starts, naming it.
-    """
-    values = {k.replace("-", "_"): v for k, v in values.items() if v is not None}
-    unknown = sorted(k for k in values if k not in SWEEP_KEYS)
-    if unknown:
-        raise BenchError(f"unknown sweep key(s) {unknown}; valid: {', '.join(SWEEP_KEYS)}")
-    if "model" not in values:
-        raise BenchError("a sweep needs a model (the MODEL argument or `model` in the file)")
-    model = str(values["model"])
-    dataset = str(values.get("dataset", "polymnist-lite"))
-    entry = registry.model(model)
-    registry.dataset(dataset)
-    fields = config_fields(entry.config)
-
-    def field_name(key: str, what: str) -> str:
-        name = GRID_ALIASES.get(key, key).replace("-", "_")
-        if name not in fields:
-            aliases = ", ".join(f"{a} = {f}" for a, f in GRID_ALIASES.items())
-            raise BenchError(
-                f"unknown config field '{key}' in {what} for {entry.config.__name__}; "
-                f"valid: {', '.join(fields)} (aliases: {aliases})"
-            )
-        return name
-
-    grid: dict[str, tuple[Any, ...]] = {}
-    for key, raw in dict(values.get("grid", {})).items():
-        name = field_name(key, "--grid")
-        if name in grid:
-            raise BenchError(f"--grid {name} given twice (once as an alias)")
-        items = raw if isinstance(raw, list | tuple) else [raw]
-        grid[name] = tuple(coerce_value(name, v, fields[name]) for v in items)
-    overrides: dict[str, Any] = {}
-    for key, raw in dict(values.get("set", {})).items():
-        name = field_name(key, "--set")
-        if name in grid:
-            raise BenchError(f"'{name}' is both a grid axis and --set; keep one")
-        overrides[name] = coerce_value(name, raw, fields[name])
-    base = {**dict(entry.defaults.get(dataset, {})), **overrides}
-    for combo in itertools.product(*grid.values()):
-        point = dict(zip(grid, combo, strict=True))
-        try:
-            make_config(entry.config, {**base, **point})
-        except BenchError as e:
-            raise BenchError(f"grid point {point}: {e}") from None
-
-    run = RunConfig(
-        model=model,
-        dataset=dataset,
-        device=coerce_value("device", values.get("device", "auto"), Device),
-        threads=coerce_value("threads", values.get("threads", 1), int),
-        out=_abs(values.get("out", "runs")),
-        protocol="quick" if _bool(values, "quick") else str(values.get("protocol", "full")),
-        data_dir=_abs(values["data_dir"]) if values.get("data_dir") else None,
-        cache_dir=_abs(values.get("cache_dir", ".cache/mmvae-bench")),
-        epochs=_epochs(values.get("epochs")),
-        overrides=overrides,
-        precision=coerce_value("precision", values.get("precision", "no"), Precision),
-        evaluate=_bool(values, "evaluate", True),
-    )
-    P.get_protocol(run.protocol)
-    if _bool(values, "resume") and not values.get("name"):
-        raise BenchError("--resume needs the --name of the sweep to continue")
-    heatmap = values.get("heatmap")
-    if isinstance(heatmap, str):
-        heatmap = heatmap.split(",")
-    return SweepConfig(
-        run=run,
-        grid=grid,
-        seeds=_seeds(values.get("seeds", 1)),
-        name=str(values.get("name") or f"{model}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"),
-        storage=_abs(values.get("storage", "sweeps")),
-        plugins=tuple(_abs(p) for p in values.get("plugins", ())),
-        address=values.get("address") or None,
-        cpus=coerce_value("cpus", values["cpus"], int) if "cpus" in values else None,
-        cpus_per_trial=coerce_value("cpus_per_trial", values.get("cpus_per_trial", 1), float),
-        gpus_per_trial=coerce_value("gpus_per_trial", values.get("gpus_per_trial", 0), float),
-        max_concurrent=(
-            coerce_value("max_concurrent", values["max_concurrent"], int)
-            if "max_concurrent" in values
-            else None
-        ),
-        resume=_bool(values, "resume"),
-        heatmap=(
-            tuple(GRID_ALIASES.get(a.strip(), a.strip()) for a in heatmap) if heatmap else None
-        ),
-    )
-
-
-def _abs(p: Any) -> Path:
-    return Path(str(p)).expanduser().resolve()
-
-
-def _bool(values: Mapping[str, Any], key: str, default: bool = False) -> bool:
-    return coerce_value(key, values.get(key, default), bool)
-
-
-def _seeds(raw: Any) -> tuple[int, ...]:
-    """``3`` -> seeds 0, 1, 2; a list (or ``"0,5,7"``) -> those seeds."""
-    if isinstance(raw, str) and "," in raw:
-        raw = raw.split(",")
-    if isinstance(raw, list | tuple):
-        return tuple(coerce_value("seeds", s, int) for s in raw)
-    n = coerce_value("seeds", raw, int)
-    if n < 1:
-        raise BenchError(f"seeds must be >= 1 (a count) or a list of seeds, got {n}")
-    return tuple(range(n))
-
-
-def _epochs(raw: Any) -> dict[str, int]:
-    """A sweep file's ``epochs = 5`` (every stage) or ``[epochs] joint = 5``; the CLI's dict."""
-    if raw is None:
-        return {}
-    items = raw.items() if isinstance(raw, Mapping) else [("*", raw)]
-    out = {str(k): coerce_value(f"epochs {k}", v, int) for k, v in items}
-    bad = {k: n for k, n in out.items() if n < 0}
-    if bad:
-        raise BenchError(f"epochs must be >= 0, got {bad}")
-    return out
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, bool):
-        return str(v).lower()
-    if v is None:
-        return "none"
-    return repr(v) if isinstance(v, float) else str(v)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -456,68 +110,6 @@ def ray_session(address: str | None = None, *, cpus: int | None = None) -> Itera
             ray.shutdown()
 
 
-def main_metrics(record: Mapping[str, Any]) -> dict[str, float]:
-    """A record's headline numbers: ``cond_coherence_<|S|>`` (mean over S) and joint coherence."""
-    m = record.get("metrics", {})
-    by_size = m.get(P.COND_COHERENCE_BY_SIZE, {})
-    out = {f"cond_coherence_{k}": float(v["mean"]) for k, v in by_size.items() if "mean" in v}
-    if P.JOINT_COHERENCE in m:
-        out["joint_coherence"] = float(m[P.JOINT_COHERENCE])
-    return out
-
-
-def _slug(params: Mapping[str, Any], seed: int) -> str:
-    """``beta0.5-flow_depth2-s0``: the trial's grid point, safe in file names."""
-    return _SAFE.sub("_", "-".join([*(f"{k}{_fmt(v)}" for k, v in params.items()), f"s{seed}"]))
-
-
-def _jsonable(x: Any) -> Any:
-    return json.loads(json.dumps(x, default=str))
-
-
-def _definition(cfg: SweepConfig) -> dict[str, Any]:
-    """What defines the trials, JSON-able: every trial gets it, and a resume must match it."""
-    run = {k: v for k, v in dataclasses.asdict(cfg.run).items() if k not in ("seed", "run_id")}
-    return _jsonable(
-        {
-            "name": cfg.name,
-            "run": run,
-            "grid": {k: list(v) for k, v in cfg.grid.items()},
-            "seeds": list(cfg.seeds),
-            "plugins": [str(p) for p in cfg.plugins],
-        }
-    )
-
-
-def _trial_run(config: Mapping[str, Any], plan: Mapping[str, Any]) -> RunConfig:
-    """The run of one trial: the sweep's template at this grid point and seed."""
-    # The plan is JSON: turn the path fields of RunConfig back into Paths.
-    paths = {k for k, t in config_fields(RunConfig).items() if Path in (t, *typing.get_args(t))}
-    base = {k: Path(v) if k in paths and v is not None else v for k, v in plan["run"].items()}
-    params = {a: config["params"][a] for a in plan["grid"]}
-    return RunConfig(
-        **{
-            **base,
-            "overrides": {**base["overrides"], **params},
-            "seed": config["seed"],
-            "run_id": f"{plan['name']}-{_slug(params, config['seed'])}",
-        }
-    )
-
-
-def _finished_record(cfg: RunConfig) -> dict[str, Any] | None:
-    """The trial's ``ok`` record if this very run finished before (Tune's state can lag)."""
-    path = Path(cfg.out) / str(cfg.run_id) / "results.json"
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    keys = ("model", "dataset", "seed", "epochs", "overrides", "protocol", "evaluate")
-    ran = record.get("run", {})
-    same = all(_jsonable(ran.get(k)) == _jsonable(getattr(cfg, k)) for k in keys)
-    return record if record.get("status") == "ok" and same else None
-
-
 class _Reporter:
     """Per-epoch metrics to Tune; the run's checkpoint.pt to Tune whenever a stage has ended."""
 
@@ -547,12 +139,12 @@ def _trial(config: dict[str, Any], plan: dict[str, Any]) -> None:
     """One Tune trial: an ordinary :func:`mmvae_bench.runner.run`, reported to Tune.
 
     ``config`` holds the grid point (``params``) and ``seed``; ``plan`` is the sweep's
-    :func:`_definition`, passed once through Ray's object store (``tune.with_parameters``).
+    :func:`sweep_definition`, passed once through Ray's object store (``tune.with_parameters``).
     """
     from mmvae_bench.runner import run
 
-    cfg = _trial_run(config, plan)
-    done = _finished_record(cfg)
+    cfg = trial_run_config(config, plan)
+    done = finished_record(cfg)
     if done is not None:
         final = {"run_status": "ok", "run_id": cfg.run_id, "reused": True}
         tune.report({**final, **main_metrics(done)})
@@ -565,7 +157,7 @@ def _trial(config: dict[str, Any], plan: dict[str, Any]) -> None:
 
 
 def _trial_name(trial: Any) -> str:
-    return _slug(trial.config["params"], trial.config["seed"])
+    return trial_slug(trial.config["params"], trial.config["seed"])
 
 
 def _prepare_classifiers(cfg: SweepConfig, say: Callable[[str], None]) -> None:
@@ -599,15 +191,15 @@ def run_sweep(
     say = status or (lambda msg: None)
     t0 = time.perf_counter()
     path = cfg.path
-    definition = _definition(cfg)
+    definition = sweep_definition(cfg)
     started_before = tune.Tuner.can_restore(str(path))
     if cfg.resume:
         if not started_before:
             raise BenchError(f"no sweep to resume at {path} (check --name and --storage)")
         try:
-            saved = json.loads((path / _STATE).read_text())
+            saved = json.loads((path / STATE_FILE).read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise BenchError(f"sweep {path} has no readable {_STATE}: {e}") from None
+            raise BenchError(f"sweep {path} has no readable {STATE_FILE}: {e}") from None
         changed = sorted(k for k in definition if saved.get(k) != definition[k])
         if changed:
             raise BenchError(
@@ -636,7 +228,7 @@ def run_sweep(
                 restart_errored=False,
             )
         else:
-            atomic_write_json(path / _STATE, definition)
+            atomic_write_json(path / STATE_FILE, definition)
             say(
                 f"sweep {cfg.name}: {len(cfg.trials())} trials; "
                 f"if interrupted, rerun the command with --resume --name {cfg.name}"
@@ -719,7 +311,7 @@ def _summarize(cfg: SweepConfig, results: Any, wall_s: float) -> SweepSummary:
         name=cfg.name,
         path=cfg.path,
         trials=trials,
-        best=_best(trials),
+        best=best_configs(trials),
         axes=list(cfg.grid),
         heatmap=None,
         wall_s=wall_s,
@@ -734,97 +326,3 @@ def _summarize(cfg: SweepConfig, results: Any, wall_s: float) -> SweepSummary:
             title=f"{cfg.run.model} on {cfg.run.dataset}",
         )
     return summary
-
-
-def _best(trials: Sequence[TrialSummary]) -> dict[str, dict[str, Any]]:
-    """Per metric, the grid point with the highest mean over its finished seeds."""
-    groups: dict[str, list[TrialSummary]] = {}
-    for t in trials:
-        groups.setdefault(json.dumps(t.params, sort_keys=True, default=str), []).append(t)
-    metrics = sorted({k for t in trials for k in t.metrics})
-    best: dict[str, dict[str, Any]] = {}
-    for m in metrics:
-        for ts in groups.values():
-            vals = [t.metrics[m] for t in ts if t.status == "ok" and m in t.metrics]
-            if not vals:
-                continue
-            mean = sum(vals) / len(vals)
-            if m not in best or mean > best[m]["mean"]:
-                std = math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))
-                best[m] = {
-                    "params": ts[0].params,
-                    "mean": mean,
-                    "std": std,
-                    "seeds": len(vals),
-                    "of": len(ts),
-                }
-    return best
-
-
-def write_heatmap(
-    trials: Sequence[TrialSummary],
-    grid: Mapping[str, Sequence[Any]],
-    axes: tuple[str, ...],
-    path: Path,
-    *,
-    metric: str = COND_1,
-    title: str = "",
-) -> Path:
-    """Heat map of ``metric`` over one or two grid axes, each cell the mean over its trials.
-
-    A cell averages every finished trial at that point (all seeds, and the other axes when the
-    grid has more than two); it shows the mean and, when some trials failed, how many counted.
-    Written atomically (temp file + rename) as a PNG.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    x_axis = axes[0]
-    y_axis = axes[1] if len(axes) > 1 else None
-    xs = list(grid[x_axis])
-    ys = list(grid[y_axis]) if y_axis else [None]
-    mean = np.full((len(ys), len(xs)), np.nan)
-    counts = [[(0, 0) for _ in xs] for _ in ys]
-    failed = [[False for _ in xs] for _ in ys]
-    for i, y in enumerate(ys):
-        for j, x in enumerate(xs):
-            cell = [
-                t
-                for t in trials
-                if t.params[x_axis] == x and (y_axis is None or t.params[y_axis] == y)
-            ]
-            vals = [t.metrics[metric] for t in cell if t.status == "ok" and metric in t.metrics]
-            counts[i][j] = (len(vals), len(cell))
-            failed[i][j] = any(t.status == "failed" for t in cell)
-            if vals:
-                mean[i, j] = sum(vals) / len(vals)
-    fig, ax = plt.subplots(figsize=(1.2 * len(xs) + 2.5, 0.9 * len(ys) + 1.8))
-    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")  # grey: no trial ok
-    img = ax.imshow(np.ma.masked_invalid(mean), cmap=cmap, vmin=0.0, vmax=1.0)
-    for i in range(len(ys)):
-        for j in range(len(xs)):
-            n, total = counts[i][j]
-            text = f"{mean[i, j]:.3f}" if n else ("failed" if failed[i][j] else "n/a")
-            if 0 < n < total:
-                text += f"\n{n}/{total}"
-            light = n > 0 and mean[i, j] < 0.6
-            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="w" if light else "k")
-    ax.set_xticks(range(len(xs)), [_fmt(x) for x in xs])
-    ax.set_yticks(range(len(ys)) if y_axis else [], [_fmt(y) for y in ys] if y_axis else [])
-    ax.set_xlabel(x_axis)
-    if y_axis:
-        ax.set_ylabel(y_axis)
-    others = [a for a in grid if a not in axes]
-    over = ", ".join(["seeds", *others])
-    label = _LABELS.get(metric, metric)
-    ax.set_title(f"{title}\n{label} (mean over {over})".strip(), fontsize=9)
-    fig.colorbar(img, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    try:
-        atomic_write(Path(path), lambda f: fig.savefig(f, format="png", dpi=120))
-    finally:
-        plt.close(fig)
-    return Path(path)

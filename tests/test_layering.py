@@ -52,3 +52,12 @@ def test_ray_and_torch_fidelity_live_in_one_module_each() -> None:
             if top in owners and f.name != owners[top]:
                 bad.append(f"{f.relative_to(ROOT)} imports {name}")
     assert not bad, bad
+
+
+def test_the_cli_and_sweep_definitions_load_without_ray() -> None:
+    # Checking a sweep (bad keys, grid fields) must not pay Ray's import or need it installed.
+    import subprocess
+    import sys
+
+    code = "import sys, mmvae_bench.cli, mmvae_bench.sweep; assert 'ray' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

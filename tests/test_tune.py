@@ -24,7 +24,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mmvae_bench import tune as sweeps
+from mmvae_bench import sweep as sweeps
+from mmvae_bench import tune
 from mmvae_bench.cli import app
 from mmvae_bench.errors import BenchError
 from mmvae_bench.plugins import load_registry
@@ -50,7 +51,7 @@ CLI = [sys.executable, "-c", "from mmvae_bench.cli import main; main()"]
 @pytest.fixture(scope="session")
 def ray_address() -> Iterator[str]:
     # One local Ray for every sweep of the session, shut down at its end.
-    with sweeps.ray_session(cpus=2) as address:
+    with tune.ray_session(cpus=2) as address:
         yield address
 
 
@@ -118,7 +119,7 @@ def test_grid_of_beta_and_flow_depth_over_seeds(
         assert record["protocol"]["name"] == "quick"
         assert 0.0 <= t["metrics"]["cond_coherence_1"] <= 1.0
         assert 0.0 <= t["metrics"]["joint_coherence"] <= 1.0
-        assert t["node_ip"] == sweeps.LOOPBACK
+        assert t["node_ip"] == tune.LOOPBACK
     # Tune got every epoch of both stages, then the final metrics.
     trial_dir = tmp_path / "sweeps" / "grid" / "beta0.5-flow_depth1-s0"
     reports = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
@@ -392,6 +393,6 @@ def test_heatmap_marks_failed_cells_and_best_takes_the_mean_over_seeds(tmp_path:
     path = sweeps.write_heatmap(trials, grid, ("beta", "flow_depth"), tmp_path / "h.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["h.png"]  # no temp file left behind
-    best = sweeps._best(trials)["cond_coherence_1"]
+    best = sweeps.best_configs(trials)["cond_coherence_1"]
     assert best["params"] == {"beta": 1.0, "flow_depth": 1}
     assert best["mean"] == pytest.approx(0.9) and (best["seeds"], best["of"]) == (1, 2)
