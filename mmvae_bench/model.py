@@ -19,6 +19,7 @@ __all__ = [
     "ModelConfig",
     "ModelEntry",
     "MultimodalVAE",
+    "NetConfig",
     "Stage",
     "Subset",
     "all_subsets",
@@ -109,6 +110,25 @@ class ModelConfig:
             raise BenchError(f"lr must be > 0, got {self.lr}")
         if not self.beta >= 0:
             raise BenchError(f"beta must be >= 0, got {self.beta}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetConfig(ModelConfig):
+    """:class:`ModelConfig` plus the fields of a model built from the built-in nets.
+
+    ``width`` and ``features`` size :func:`mmvae_bench.nets.build_encoder` and
+    ``build_decoder``; ``rescale`` weights each modality's log-likelihood by the dataset's
+    ``likelihood_weights`` (on in every built-in model, so they all see the same objective
+    scale). A config that subclasses this gets the fields, their defaults and their checks.
+    """
+
+    width: int = 16  # base channel count of the conv nets (16/32/64)
+    features: int = 128  # size of each modality's encoder features
+    rescale: bool = True  # weight log-likelihoods by the dataset's lambda_j
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.require_at_least(1, "width", "features")
 
 
 @dataclass

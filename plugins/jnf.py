@@ -37,10 +37,10 @@ from mmvae_bench.api import (
     GaussianHead,
     HMCSettings,
     LatentSample,
-    ModelConfig,
     ModelEntry,
     MultimodalDataset,
     MultimodalVAE,
+    NetConfig,
     ProductOfFlows,
     Stage,
     Subset,
@@ -58,14 +58,12 @@ __all__ = ["JNF", "JNFConfig"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class JNFConfig(ModelConfig):
-    """JNF hyperparameters (``latent_dim``, ``batch_size``, ``lr``, ``beta`` inherited)."""
+class JNFConfig(NetConfig):
+    """JNF hyperparameters (the fields of ``NetConfig`` and ``ModelConfig`` inherited)."""
 
     epochs_joint: int = 20  # stage 1: joint VAE epochs
     epochs_unimodal: int = 10  # stage 2: unimodal flow epochs
     lr_unimodal: float | None = None  # None: same as lr
-    width: int = 16  # base channel count of the conv nets (16/32/64)
-    features: int = 128  # size of each modality's encoder features
     flow_depth: int = 2  # K MADE blocks per unimodal posterior
     flow_hidden: int = 128  # width of each MADE hidden layer
     flow_layers: int = 3  # MADE hidden layers
@@ -73,12 +71,11 @@ class JNFConfig(ModelConfig):
     hmc_steps: int = 100  # HMC iterations for |S| >= 2 (the paper's setting)
     hmc_leapfrog: int = 10  # leapfrog steps per iteration
     hmc_step_size: float = 0.01
-    rescale: bool = True  # weight log-likelihoods by the dataset's lambda_j
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.require_at_least(0, "epochs_joint", "epochs_unimodal")
-        self.require_at_least(1, "width", "features", "flow_depth", "flow_hidden", "flow_layers")
+        self.require_at_least(1, "flow_depth", "flow_hidden", "flow_layers")
         self.require_positive("lr_unimodal")
         self.hmc  # noqa: B018 - validates the HMC fields
 

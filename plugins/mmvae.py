@@ -48,10 +48,10 @@ from mmvae_bench.api import (
     BenchError,
     HMCSettings,
     LatentSample,
-    ModelConfig,
     ModelEntry,
     MultimodalDataset,
     MultimodalVAE,
+    NetConfig,
     Stage,
     Subset,
     build_decoder,
@@ -67,21 +67,18 @@ SCALE_EPS = 1e-6  # the original's Constants.eta: keeps every posterior scale po
 
 
 @dataclass(frozen=True, kw_only=True)
-class MMVAEConfig(ModelConfig):
-    """MMVAE hyperparameters (``latent_dim``, ``batch_size``, ``lr`` inherited; ``beta`` = 1)."""
+class MMVAEConfig(NetConfig):
+    """MMVAE hyperparameters (``NetConfig``'s and ``ModelConfig``'s fields inherited)."""
 
     epochs: int = 30  # epochs of the single stage ``train``
-    width: int = 16  # base channel count of the conv nets (16/32/64)
-    features: int = 128  # size of each modality's encoder features
     k: int = 10  # K samples per expert (stratified: M*K per datapoint); 30 on MNIST-SVHN
     estimator: Literal["iwae", "dreg"] = "dreg"  # gradient estimator of the bound
     learn_prior: bool = False  # learn the prior's scales (softmax * D, summing to D)
-    rescale: bool = True  # weight log-likelihoods by the dataset's lambda_j
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.require_at_least(0, "epochs")
-        self.require_at_least(1, "width", "features", "k")
+        self.require_at_least(1, "k")
         if self.estimator not in ("iwae", "dreg"):
             raise BenchError(f"estimator must be 'iwae' or 'dreg', got {self.estimator!r}")
         if self.beta != 1.0:

@@ -37,10 +37,10 @@ from mmvae_bench.api import (
     GaussianHead,
     HMCSettings,
     LatentSample,
-    ModelConfig,
     ModelEntry,
     MultimodalDataset,
     MultimodalVAE,
+    NetConfig,
     Stage,
     Subset,
     all_subsets,
@@ -58,18 +58,14 @@ __all__ = ["MoPoE", "MoPoEConfig"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class MoPoEConfig(ModelConfig):
-    """MoPoE hyperparameters (``latent_dim``, ``batch_size``, ``lr``, ``beta`` inherited)."""
+class MoPoEConfig(NetConfig):
+    """MoPoE hyperparameters (the fields of ``NetConfig`` and ``ModelConfig`` inherited)."""
 
     epochs: int = 30  # epochs of the single stage ``train``
-    width: int = 16  # base channel count of the conv nets (16/32/64)
-    features: int = 128  # size of each modality's encoder features
-    rescale: bool = True  # weight log-likelihoods by the dataset's lambda_j
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.require_at_least(0, "epochs")
-        self.require_at_least(1, "width", "features")
 
 
 class MoPoE(MultimodalVAE):

@@ -41,10 +41,10 @@ from mmvae_bench.api import (
     GaussianHead,
     HMCSettings,
     LatentSample,
-    ModelConfig,
     ModelEntry,
     MultimodalDataset,
     MultimodalVAE,
+    NetConfig,
     Stage,
     Subset,
     all_subsets,
@@ -62,20 +62,16 @@ __all__ = ["MVAE", "MVAEConfig"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class MVAEConfig(ModelConfig):
-    """MVAE hyperparameters (``latent_dim``, ``batch_size``, ``lr``, ``beta`` inherited)."""
+class MVAEConfig(NetConfig):
+    """MVAE hyperparameters (the fields of ``NetConfig`` and ``ModelConfig`` inherited)."""
 
     epochs: int = 30  # epochs of the single stage ``train``
-    width: int = 16  # base channel count of the conv nets (16/32/64)
-    features: int = 128  # size of each modality's encoder features
     k_subsets: int = 1  # random subsets with 2 <= |S| < M added to the objective per step
     anneal_epochs: float = 0.0  # KL weight ramps 0 -> beta over these epochs; 0: no annealing
-    rescale: bool = True  # weight log-likelihoods by the dataset's lambda_j
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.require_at_least(0, "epochs", "k_subsets", "anneal_epochs")
-        self.require_at_least(1, "width", "features")
 
 
 class MVAE(MultimodalVAE):

@@ -8,7 +8,7 @@ from functools import cache
 import pytest
 import torch
 
-from mmvae_bench.api import DataOptions, MultimodalDataset
+from mmvae_bench.api import BenchError, DataOptions, MultimodalDataset, NetConfig
 from mmvae_bench.plugins import load_registry
 from mmvae_bench.testing import check_model, tiny_dataset
 
@@ -45,6 +45,16 @@ def test_conformance_circles_squares(name: str) -> None:
 def test_conformance_three_modalities(name: str) -> None:
     ds = tiny_dataset(("image28", "image32", "vector"), n=8)
     check_model(REGISTRY.model(name), ds, overrides=_overrides(name))
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY.models))
+def test_net_config_fields_are_shared_and_checked(name: str) -> None:
+    # Every built-in model builds its nets from NetConfig's width/features/rescale.
+    cls = REGISTRY.model(name).config
+    assert issubclass(cls, NetConfig), f"{name}: config does not subclass NetConfig"
+    for field in ("width", "features"):
+        with pytest.raises(BenchError, match=field):
+            cls(latent_dim=2, **{field: 0})
 
 
 def test_conformance_with_a_stage_that_is_passed_the_epoch() -> None:
