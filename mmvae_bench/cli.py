@@ -599,6 +599,16 @@ def sweep(
     evaluate: Annotated[
         bool | None, typer.Option("--evaluate/--no-evaluate", help="Evaluate each trial.")
     ] = None,
+    sampler: Annotated[str | None, typer.Option(help=SAMPLER_HELP + " Default: prior.")] = None,
+    fid: Annotated[
+        bool | None, typer.Option("--fid/--no-fid", help="FID in each trial's evaluation.")
+    ] = None,
+    fid_extractor: FIDExtractorOpt = None,
+    inception_weights: InceptionWeightsOpt = None,
+    classifier_weights: Annotated[
+        Path | None,
+        typer.Option(help="Folder of coherence-classifier weights <modality>.pt for every trial."),
+    ] = None,
     plugin: PluginOpt = None,
 ) -> None:
     """Sweep a grid of configs x seeds on Ray Tune; each trial is an ordinary run."""
@@ -620,6 +630,10 @@ def sweep(
         "device": device,
         "precision": precision,
         "evaluate": evaluate,
+        "sampler": sampler,
+        "fid": _sweep_fid(fid, fid_extractor, inception_weights),
+        "inception_weights": inception_weights,
+        "classifier_weights": classifier_weights,
         "plugins": plugin or None,
         "cpus": cpus,
         "cpus_per_trial": cpus_per_trial,
@@ -639,6 +653,15 @@ def sweep(
 
     summary = run_sweep(cfg, status=lambda m: console.print(f"[dim]{m}"))
     print_sweep(summary)
+
+
+def _sweep_fid(fid: bool | None, extractor: str | None, weights: Path | None) -> str | bool | None:
+    """--fid/--no-fid for a sweep: None leaves the sweep file's ``fid`` alone."""
+    if fid is False:
+        return False  # overrides a file's fid
+    if fid is None and not (extractor or weights):
+        return None
+    return fid_choice(bool(fid), extractor, weights)
 
 
 def print_sweep(summary: Any) -> None:

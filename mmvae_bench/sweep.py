@@ -22,8 +22,10 @@ from typing import Any
 
 from mmvae_bench.config import (
     Device,
+    FIDKind,
     Precision,
     RunConfig,
+    SamplerKind,
     coerce_value,
     config_fields,
     load_toml,
@@ -75,6 +77,10 @@ SWEEP_KEYS = (
     "device",
     "precision",
     "evaluate",
+    "sampler",
+    "fid",
+    "inception_weights",
+    "classifier_weights",
     "plugins",
     "cpus",
     "cpus_per_trial",
@@ -318,8 +324,16 @@ def sweep_config(values: Mapping[str, Any], registry: Registry) -> SweepConfig:
         overrides=overrides,
         precision=coerce_value("precision", values.get("precision", "no"), Precision),
         evaluate=_bool(values, "evaluate", True),
+        sampler=coerce_value("sampler", values.get("sampler", "prior"), SamplerKind),
+        fid=_fid(values),
+        inception_weights=_path_or_none(values, "inception_weights"),
+        classifier_weights=_path_or_none(values, "classifier_weights"),
     )
     P.get_protocol(run.protocol)
+    if run.fid == "inception":
+        from mmvae_bench.runner import run_fid_settings
+
+        run_fid_settings(run)  # the weights file exists: fail now, not in every trial
     if _bool(values, "resume") and not values.get("name"):
         raise BenchError("--resume needs the --name of the sweep to continue")
     heatmap = values.get("heatmap")
@@ -346,6 +360,20 @@ def sweep_config(values: Mapping[str, Any], registry: Registry) -> SweepConfig:
             tuple(GRID_ALIASES.get(a.strip(), a.strip()) for a in heatmap) if heatmap else None
         ),
     )
+
+
+def _path_or_none(values: Mapping[str, Any], key: str) -> Path | None:
+    return _abs(values[key]) if values.get(key) else None
+
+
+def _fid(values: Mapping[str, Any]) -> str | None:
+    """``fid = true | false | "classifier" | "inception"`` -> the extractor, or None."""
+    raw = values.get("fid", False)
+    if isinstance(raw, str) and raw.lower() not in ("true", "false"):
+        return coerce_value("fid", raw, FIDKind)
+    if not coerce_value("fid", raw, bool):
+        return None
+    return "inception" if values.get("inception_weights") else "classifier"
 
 
 def _abs(p: Any) -> Path:
@@ -444,7 +472,8 @@ def finished_record(cfg: RunConfig) -> dict[str, Any] | None:
         record = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    keys = ("model", "dataset", "seed", "epochs", "overrides", "protocol", "evaluate")
+    keys = ("model", "dataset", "seed", "epochs", "overrides", "protocol", "evaluate", "sampler")
+    keys += ("fid", "classifier_weights")
     ran = record.get("run", {})
     same = all(jsonable(ran.get(k)) == jsonable(getattr(cfg, k)) for k in keys)
     return record if record.get("status") == "ok" and same else None

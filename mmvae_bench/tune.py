@@ -171,8 +171,10 @@ def _prepare_classifiers(cfg: SweepConfig, say: Callable[[str], None]) -> None:
     registry = load_registry(cfg.plugins)
     dataset = load_dataset(registry, dataclasses.replace(cfg.run, seed=cfg.seeds[0]))
     device = resolve_device(cfg.run.device) if cfg.gpus_per_trial > 0 else torch.device("cpu")
-    say(f"coherence classifiers for {dataset.name} (trained once if missing)")
-    get_classifiers(dataset, Path(cfg.run.cache_dir), device=device)
+    weights = cfg.run.classifier_weights
+    say(f"coherence classifiers for {dataset.name}: " + (str(weights) if weights else "cache"))
+    # Published weights are checked (present, above the floor) once here, not in every trial.
+    get_classifiers(dataset, Path(cfg.run.cache_dir), device=device, weights_dir=weights)
 
 
 def run_sweep(

@@ -359,13 +359,34 @@ def test_seeds_are_a_count_or_a_list(raw: object, seeds: tuple[int, ...]) -> Non
         ({"heatmap": "beta,seed", "grid": {"beta": [1]}}, "heatmap takes two distinct grid axes"),
         ({"name": "a/b"}, "name must use only"),
         ({"protocol": "slow"}, "unknown protocol 'slow'"),
+        ({"sampler": "vamp"}, "sampler must be one of"),
+        ({"fid": "swav"}, "fid must be one of"),
+        ({"fid": "inception", "inception_weights": "/nowhere/w.pth"}, "w.pth"),
+        ({"classifier_weights": "/nowhere", "fid": False}, None),
     ],
 )
-def test_sweep_settings_are_checked(values: dict, message: str) -> None:
+def test_sweep_settings_are_checked(values: dict, message: str | None) -> None:
+    values = {"model": "jnf", "dataset": "circles-squares", **values}
+    if message is None:  # valid: passed on to every trial's run
+        run = sweeps.sweep_config(values, load_registry()).run
+        assert run.classifier_weights == Path("/nowhere") and run.fid is None
+        return
     with pytest.raises(BenchError, match=message):
-        sweeps.sweep_config(
-            {"model": "jnf", "dataset": "circles-squares", **values}, load_registry()
-        )
+        sweeps.sweep_config(values, load_registry())
+
+
+@pytest.mark.parametrize(
+    ("fid", "weights", "kind"),
+    [(True, None, "classifier"), ("classifier", None, "classifier"), (False, None, None)],
+)
+def test_sweep_fid_and_sampler_reach_the_trials_run(fid, weights, kind) -> None:
+    values = {"model": "jnf", "dataset": "circles-squares", "fid": fid, "sampler": "gmm"}
+    cfg = sweeps.sweep_config(values, load_registry())
+    assert cfg.run.fid == kind and cfg.run.sampler == "gmm"
+    # The trial's run is rebuilt from the JSON plan: the same settings arrive there.
+    plan = sweeps.sweep_definition(cfg)
+    trial = sweeps.trial_run_config({"params": {}, "seed": 0}, plan)
+    assert trial.fid == kind and trial.sampler == "gmm"
 
 
 def test_heatmap_marks_failed_cells_and_best_takes_the_mean_over_seeds(tmp_path: Path) -> None:
