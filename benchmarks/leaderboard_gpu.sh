@@ -3,6 +3,8 @@
 # where mmvae-bench is not installed (the lent device machines: torch, accelerate, typer, rich,
 # pluggy are there; zuko and torch-fidelity come as wheels in .whl/, BENCHMARKS.md says how).
 #   BUDGET_S=420 bash benchmarks/leaderboard_gpu.sh polymnist-lite     # extra options go to run
+# A copied tree has no .git: name its commit (MMVAE_BENCH_GIT_REVISION=<sha> ...) so the
+# records say which code produced them.
 # Writes runs/leaderboard-gpu/ and, when $OUT is set, $OUT/leaderboard-gpu.tgz with every
 # record and log (what finished within BUDGET_S seconds; the rest is killed and its log kept).
 # The runs share the GPU, so their per-stage times are contended: quote them as such.

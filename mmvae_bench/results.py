@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib.metadata
 import json
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -50,8 +51,13 @@ _PACKAGES = ("mmvae-bench", "torch", "zuko", "accelerate", "ray", "torch-fidelit
 
 
 def git_revision(path: Path | None = None) -> str | None:
-    """The git commit of the source tree (with ``-dirty`` when modified), or None."""
+    """The git commit of the source tree (with ``-dirty`` when modified), or None.
+
+    A copy without ``.git`` (a container image, a machine the tree was synced to) can name its
+    commit in ``MMVAE_BENCH_GIT_REVISION``; it is used only where git finds no repository.
+    """
     root = Path(path or Path(__file__).resolve().parent.parent)
+    declared = os.environ.get("MMVAE_BENCH_GIT_REVISION") or None
     try:
         rev = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"],
@@ -68,7 +74,7 @@ def git_revision(path: Path | None = None) -> str | None:
             check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return None
+        return declared
     return f"{rev}-dirty" if dirty else rev
 
 
