@@ -268,9 +268,10 @@ def mmvae_bench_models() -> list[ModelEntry]:
             config=MMVAEConfig,
             description="MMVAE: mixture of Laplace unimodal experts, stratified IWAE/DReG bound",
             # K below the paper's 10 on the CPU demo datasets: every step decodes M*K samples
-            # per datapoint (measured here on polymnist-lite: ~1 s per batch of 64 at K = 1,
-            # ~5 s at K = 3, against ~0.5 s for MVAE/MoPoE). At K = 1 the bound is the ELBO and
-            # DReG's gradient the path derivative. Use --set k=10 (k=30 on MNIST-SVHN) on a GPU.
+            # per datapoint. At K = 1 MMVAE is already the slowest model on polymnist-lite
+            # (BENCHMARKS.md, demo budget on the CPU: 199 samples/s, 16.7 min for 20 epochs;
+            # MVAE 303, MoPoE 556). At K = 1 the bound is the ELBO and DReG's gradient the path
+            # derivative. Use --set k=10 (k=30 on MNIST-SVHN) on a GPU.
             defaults={
                 "polymnist-lite": {"lr": 1e-3, "epochs": 20, "k": 1},
                 "circles-squares": {"epochs": 30, "k": 3},
