@@ -23,25 +23,12 @@ from typer.testing import CliRunner
 
 from mmvae_bench.cli import app
 from mmvae_bench.testing import check_model, tiny_dataset
+from tests.tiny import TINY_NETS, TINY_QUICK
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIN = "from mmvae_bench.cli import main; main()"  # when the console script is not beside python
 runner = CliRunner()
-TINY = [
-    "--dataset",
-    "circles-squares",
-    "--epochs",
-    "1",
-    "--quick",
-    "--set",
-    "latent_dim=4",
-    "--set",
-    "width=4",
-    "--set",
-    "features=16",
-    "--threads",
-    "1",
-]
+TINY = [*TINY_QUICK, *TINY_NETS]  # the README model has no flows
 
 
 def readme_plugin() -> str:

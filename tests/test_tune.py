@@ -30,21 +30,12 @@ from mmvae_bench.cli import app
 from mmvae_bench.errors import BenchError
 from mmvae_bench.plugins import load_registry
 from mmvae_bench.results import read_record
+from tests.tiny import TINY_RUN
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
-# Tiny JNF, one epoch per stage, quick protocol: a trial takes seconds on a CPU.
-TINY = [
-    "--dataset",
-    "circles-squares",
-    "--epochs",
-    "1",
-    "--quick",
-    "--threads",
-    "1",
-    *("--set", "latent_dim=4", "--set", "width=4", "--set", "features=16"),
-    *("--set", "flow_hidden=16", "--set", "batch_size=256"),
-]
+# Tiny JNF, one epoch per stage, quick protocol, large batches: a trial takes seconds on a CPU.
+TINY = [*TINY_RUN, "--set", "batch_size=256"]
 CLI = [sys.executable, "-c", "from mmvae_bench.cli import main; main()"]
 
 
