@@ -20,11 +20,11 @@ from rich.table import Table
 
 from mmvae_bench.config import (
     Device,
-    FIDKind,
     Precision,
     RunConfig,
     SamplerKind,
     coerce_value,
+    fid_extractor,
     parse_assignments,
 )
 from mmvae_bench.errors import BenchError
@@ -52,6 +52,19 @@ DEFAULT_THREADS = max(1, min(8, (os.cpu_count() or 2) // 2))
 PluginOpt = Annotated[
     list[Path] | None,
     typer.Option("--plugin", help="Load a model plugin from a Python file (repeatable)."),
+]
+# Options several commands share, declared once.
+DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or auto.")]
+ThreadsOpt = Annotated[int, typer.Option(help="torch threads.")]
+PublishedDataOpt = Annotated[Path | None, typer.Option(help="Where published datasets live.")]
+CacheDirOpt = Annotated[Path, typer.Option(help="Dataset/classifier cache.")]
+DEFAULT_CACHE = Path(".cache/mmvae-bench")
+ClassifierWeightsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Folder of coherence-classifier weights <modality>.pt (published or your own), "
+        "used instead of the cached classifiers."
+    ),
 ]
 SAMPLER_HELP = (
     "Where joint coherence and unconditional FID draw z from: prior, or gmm/flow fitted to the "
@@ -123,8 +136,7 @@ def fid_choice(fid: bool, extractor: str | None, inception_weights: Path | None)
         if extractor or inception_weights:
             raise BenchError("--fid-extractor/--inception-weights need --fid")
         return None
-    kind = extractor or ("inception" if inception_weights else "classifier")
-    return coerce_value("--fid-extractor", kind, FIDKind)
+    return fid_extractor(extractor or True, inception_weights, what="--fid-extractor")
 
 
 @app.command()
@@ -137,8 +149,8 @@ def run(
         list[str] | None,
         typer.Option(help="Epochs for every stage (N) or per stage (STAGE=N); repeatable."),
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
-    threads: Annotated[int, typer.Option(help="torch threads.")] = DEFAULT_THREADS,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = DEFAULT_THREADS,
     out: Annotated[Path, typer.Option(help="Folder for run records.")] = Path("runs"),
     quick: Annotated[bool, typer.Option(help="Use the quick evaluation protocol.")] = False,
     protocol: Annotated[str, typer.Option(help="Evaluation protocol: full or quick.")] = "full",
@@ -146,22 +158,14 @@ def run(
         list[str] | None,
         typer.Option("--set", help="Model config field, KEY=VALUE (repeatable)."),
     ] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Where published datasets live.")] = None,
-    cache_dir: Annotated[Path, typer.Option(help="Dataset/classifier cache.")] = Path(
-        ".cache/mmvae-bench"
-    ),
+    data_dir: PublishedDataOpt = None,
+    cache_dir: CacheDirOpt = DEFAULT_CACHE,
     precision: Annotated[str, typer.Option(help="Mixed precision: no, bf16, fp16.")] = "no",
     compile_: Annotated[
         bool, typer.Option("--compile", help="torch.compile the nets and HMC's flow kernels.")
     ] = False,
     evaluate: Annotated[bool, typer.Option(help="Evaluate after training.")] = True,
-    classifier_weights: Annotated[
-        Path | None,
-        typer.Option(
-            help="Folder of coherence-classifier weights <modality>.pt (published or your own), "
-            "used instead of the cached classifiers."
-        ),
-    ] = None,
+    classifier_weights: ClassifierWeightsOpt = None,
     sampler: Annotated[str, typer.Option(help=SAMPLER_HELP)] = "prior",
     fid: Annotated[
         bool,
@@ -283,12 +287,10 @@ def classifiers_train(
     epochs: Annotated[
         int | None, typer.Option(help="Training epochs per classifier (default: the dataset's).")
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
-    threads: Annotated[int, typer.Option(help="torch threads.")] = DEFAULT_THREADS,
-    data_dir: Annotated[Path | None, typer.Option(help="Where published datasets live.")] = None,
-    cache_dir: Annotated[Path, typer.Option(help="Dataset/classifier cache.")] = Path(
-        ".cache/mmvae-bench"
-    ),
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = DEFAULT_THREADS,
+    data_dir: PublishedDataOpt = None,
+    cache_dir: CacheDirOpt = DEFAULT_CACHE,
 ) -> None:
     """Train and cache the coherence classifiers of a dataset, with their test accuracy."""
     import torch
@@ -398,19 +400,13 @@ def evaluate(
     fid: Annotated[bool, typer.Option(help="Compute FID per image modality.")] = True,
     fid_extractor: FIDExtractorOpt = None,
     inception_weights: InceptionWeightsOpt = None,
-    classifier_weights: Annotated[
-        Path | None,
-        typer.Option(
-            help="Folder of coherence-classifier weights <modality>.pt (published or your own), "
-            "used instead of the cached classifiers."
-        ),
-    ] = None,
+    classifier_weights: ClassifierWeightsOpt = None,
     sampler: Annotated[str | None, typer.Option(help=SAMPLER_HELP + " Default: the run's.")] = None,
     refit_sampler: Annotated[
         bool, typer.Option(help="Fit the latent sampler again instead of loading sampler.pt.")
     ] = False,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
-    threads: Annotated[int, typer.Option(help="torch threads.")] = DEFAULT_THREADS,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = DEFAULT_THREADS,
     plugin: PluginOpt = None,
 ) -> None:
     """Re-evaluate a saved run from its checkpoint and update its record atomically.
@@ -424,18 +420,12 @@ def evaluate(
     import torch
     from rich.markup import escape
 
-    from mmvae_bench.eval.fid import FIDSettings, inception_weights_path
-    from mmvae_bench.runner import evaluate_run, resolve_device
+    from mmvae_bench.runner import evaluate_run, fid_settings, resolve_device
 
     torch.set_num_threads(threads)
     if sampler is not None:
         sampler = coerce_value("--sampler", sampler, SamplerKind)
-    settings = None
-    kind = fid_choice(fid, fid_extractor, inception_weights)
-    if kind is not None:
-        settings = FIDSettings(extractor=kind, inception_weights=inception_weights)
-        if settings.extractor == "inception":
-            inception_weights_path(settings)  # fail now, not after minutes of coherence
+    settings = fid_settings(fid_choice(fid, fid_extractor, inception_weights), inception_weights)
     record = evaluate_run(
         run_dir,
         _registry(plugin),
@@ -589,7 +579,7 @@ def sweep(
     out: Annotated[
         Path | None, typer.Option(help="Folder for run records (default: runs).")
     ] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Where published datasets live.")] = None,
+    data_dir: PublishedDataOpt = None,
     cache_dir: Annotated[
         Path | None,
         typer.Option(help="Dataset/classifier cache (default: .cache/mmvae-bench)."),
@@ -709,7 +699,7 @@ def print_sweep(summary: Any) -> None:
 @app.command()
 @user_errors
 def bench(
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    device: DeviceOpt = "auto",
     out: Annotated[
         Path | None,
         typer.Option(help="JSON record (default benchmarks/perf/<mode>-<device>.json)."),

@@ -18,6 +18,7 @@ __all__ = [
     "RunConfig",
     "coerce_value",
     "config_fields",
+    "fid_extractor",
     "load_toml",
     "make_config",
     "parse_assignments",
@@ -95,6 +96,22 @@ class RunConfig:
         for stage, n in self.epochs.items():
             if n < 0:
                 raise BenchError(f"epochs for stage '{stage}' must be >= 0, got {n}")
+
+
+def fid_extractor(
+    requested: Any, inception_weights: Any = None, *, what: str = "fid"
+) -> FIDKind | None:
+    """The FID extractor a request names: None/False -> no FID, True -> the default, else a kind.
+
+    The default is ``inception`` when Inception weights are given, else ``classifier`` (offline).
+    Strings from the CLI or a sweep file (``"true"``, ``"classifier"``, ...) are accepted; a
+    bad value is a :class:`BenchError` naming ``what``.
+    """
+    if isinstance(requested, str) and requested.lower() not in ("true", "false", "none"):
+        return coerce_value(what, requested, FIDKind)
+    if requested is None or not coerce_value(what, requested, bool):
+        return None
+    return "inception" if inception_weights else "classifier"
 
 
 def config_fields(cls: type) -> dict[str, Any]:

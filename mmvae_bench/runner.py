@@ -50,6 +50,7 @@ if TYPE_CHECKING:  # fid.py's torch-fidelity import costs ~2 s: only when FID is
 
 __all__ = [
     "evaluate_run",
+    "fid_settings",
     "load_dataset",
     "load_run",
     "resolve_device",
@@ -94,16 +95,21 @@ def load_dataset(registry: Registry, cfg: RunConfig) -> MultimodalDataset:
     return entry.load(opts)
 
 
-def run_fid_settings(cfg: RunConfig) -> FIDSettings | None:
-    """The FID settings ``cfg`` asks for; Inception weights are checked now, not after training."""
-    if cfg.fid is None:
+def fid_settings(kind: str | None, inception_weights: Path | None = None) -> FIDSettings | None:
+    """FID settings for an extractor ``kind`` (None: no FID); Inception weights checked now."""
+    if kind is None:
         return None
     from mmvae_bench.eval.fid import FIDSettings, inception_weights_path
 
-    settings = FIDSettings(extractor=cfg.fid, inception_weights=cfg.inception_weights)
+    settings = FIDSettings(extractor=kind, inception_weights=inception_weights)
     if settings.extractor == "inception":
-        inception_weights_path(settings)
+        inception_weights_path(settings)  # fail now, not after training or minutes of coherence
     return settings
+
+
+def run_fid_settings(cfg: RunConfig) -> FIDSettings | None:
+    """The FID settings ``cfg`` asks for, checked before anything is trained."""
+    return fid_settings(cfg.fid, cfg.inception_weights)
 
 
 def _run_record(cfg: RunConfig) -> dict[str, Any]:

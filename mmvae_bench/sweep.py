@@ -22,12 +22,12 @@ from typing import Any
 
 from mmvae_bench.config import (
     Device,
-    FIDKind,
     Precision,
     RunConfig,
     SamplerKind,
     coerce_value,
     config_fields,
+    fid_extractor,
     load_toml,
     make_config,
 )
@@ -325,7 +325,7 @@ def sweep_config(values: Mapping[str, Any], registry: Registry) -> SweepConfig:
         precision=coerce_value("precision", values.get("precision", "no"), Precision),
         evaluate=_bool(values, "evaluate", True),
         sampler=coerce_value("sampler", values.get("sampler", "prior"), SamplerKind),
-        fid=_fid(values),
+        fid=fid_extractor(values.get("fid"), values.get("inception_weights")),
         inception_weights=_path_or_none(values, "inception_weights"),
         classifier_weights=_path_or_none(values, "classifier_weights"),
     )
@@ -364,16 +364,6 @@ def sweep_config(values: Mapping[str, Any], registry: Registry) -> SweepConfig:
 
 def _path_or_none(values: Mapping[str, Any], key: str) -> Path | None:
     return _abs(values[key]) if values.get(key) else None
-
-
-def _fid(values: Mapping[str, Any]) -> str | None:
-    """``fid = true | false | "classifier" | "inception"`` -> the extractor, or None."""
-    raw = values.get("fid", False)
-    if isinstance(raw, str) and raw.lower() not in ("true", "false"):
-        return coerce_value("fid", raw, FIDKind)
-    if not coerce_value("fid", raw, bool):
-        return None
-    return "inception" if values.get("inception_weights") else "classifier"
 
 
 def _abs(p: Any) -> Path:
