@@ -2,9 +2,10 @@
 
 ``torch.set_num_threads`` (``--threads``) does not reach the BLAS and OpenMP pools that NumPy,
 SciPy and scikit-learn bring: each starts one thread per core and busy-waits between calls.
-Next to torch or a second job that is oversubscription, and on the 2-core development machine
-it made a Gaussian-mixture fit 5-20x slower (17 s per EM iteration with a second job running,
-instead of ~0.1 s). Code that calls into those libraries wraps the call in
+Next to torch or a second job that is oversubscription. On the 2-core development machine a
+Gaussian-mixture fit took 3.3-3.5x longer with one other job running (A/B in BENCHMARKS.md:
+47-64 ms per EM iteration limited, 165-210 ms not), and one leaderboard run under heavier load
+recorded 667 s (17 s per iteration). Code that calls into those libraries wraps the call in
 :func:`native_threads`.
 """
 
