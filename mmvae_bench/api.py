@@ -23,6 +23,7 @@ from mmvae_bench.distributions import (
 from mmvae_bench.errors import BenchError, NonFiniteLossError
 from mmvae_bench.flows import FlowPosterior, GaussianHead, ProductOfFlows
 from mmvae_bench.hmc import HMCResult, HMCSettings, hmc_sample
+from mmvae_bench.hookspecs import hookimpl
 from mmvae_bench.likelihoods import likelihood_mean, log_likelihood
 from mmvae_bench.model import (
     LatentSample,
@@ -36,7 +37,6 @@ from mmvae_bench.model import (
     subset_key,
 )
 from mmvae_bench.nets import build_classifier, build_decoder, build_encoder
-from mmvae_bench.plugins import hookimpl
 
 __all__ = [
     "BenchError",

@@ -1,80 +1,53 @@
-"""Hook specifications and the plugin manager (pluggy, project ``mmvae_bench``).
+"""Loading plugins and building the registry (pluggy, project ``mmvae_bench``).
 
-Built-in plugins (``plugins/`` in the repository) are found through the same entry-point group
-``mmvae_bench`` as third-party ones; ``--plugin path.py`` loads a module from a file.
+The hooks are specified in :mod:`mmvae_bench.hookspecs`. Built-in plugins (``plugins/`` in the
+repository) are found through the same entry-point group ``mmvae_bench`` as third-party ones;
+``--plugin path.py`` loads a module from a file. Every plugin is loaded, registered and checked
+on its own (torch-fidelity's registry checks, pluggy's ``check_pending``): a broken entry point
+is recorded in ``Registry.broken`` and the others still load; a broken ``--plugin`` file is the
+user's error (:class:`BenchError`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import importlib.util
 import logging
+import re
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pluggy
 
+from mmvae_bench.data import catalog
+from mmvae_bench.data.spec import DatasetEntry
 from mmvae_bench.errors import BenchError
+from mmvae_bench.eval.metric import MetricEntry
+from mmvae_bench.hookspecs import PROJECT, Hookspecs
+from mmvae_bench.model import ModelConfig, ModelEntry, MultimodalVAE
 
-if TYPE_CHECKING:
-    from mmvae_bench.data.spec import DatasetEntry
-    from mmvae_bench.eval.metric import MetricEntry
-    from mmvae_bench.model import ModelEntry
+__all__ = ["ENTRY_POINT_GROUP", "NAME_MAX_LEN", "NAME_PATTERN", "Registry", "load_registry"]
 
-__all__ = ["ENTRY_POINT_GROUP", "PROJECT", "Registry", "hookimpl", "hookspec", "load_registry"]
-
-PROJECT = "mmvae_bench"
 ENTRY_POINT_GROUP = "mmvae_bench"
-hookspec = pluggy.HookspecMarker(PROJECT)
-hookimpl = pluggy.HookimplMarker(PROJECT)
+# Registered names become file and folder names (run ids, leaderboard files): lower-kebab
+# words of [a-z0-9], so a name is one safe path component on every OS (DESIGN §10).
+NAME_PATTERN = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+NAME_MAX_LEN = 64
 log = logging.getLogger(__name__)
 
-
-# ---------------------------------------------------------------------------------------------
-# Registration hooks: called once when the registry is built. Each returns a list; the manager
-# flattens all plugins' lists, sorts them by name and refuses duplicate names.
-# ---------------------------------------------------------------------------------------------
-
-
-class Hookspecs:
-    """The extension points of mmvae-bench."""
-
-    @hookspec
-    def mmvae_bench_models(self) -> list[ModelEntry]:
-        """Register model plugins.
-
-        Called once when the registry is built (every CLI command, ``load_registry()``).
-
-        :return: a list of :class:`mmvae_bench.api.ModelEntry`, each with a unique lower-kebab
-            ``name``, the :class:`~mmvae_bench.api.MultimodalVAE` subclass, its config
-            dataclass and per-dataset defaults. A name already registered by another plugin is
-            a :class:`~mmvae_bench.api.BenchError` naming both plugins.
-        """
-
-    @hookspec
-    def mmvae_bench_datasets(self) -> list[DatasetEntry]:
-        """Register datasets.
-
-        Called once when the registry is built.
-
-        :return: a list of :class:`mmvae_bench.api.DatasetEntry` with unique lower-kebab
-            names; ``load(options)`` must raise ``BenchError`` naming any missing file and the
-            ``mmvae-bench data fetch`` command. A clash is an error naming both plugins.
-        """
-
-    @hookspec
-    def mmvae_bench_metrics(self) -> list[MetricEntry]:
-        """Register extra evaluation metrics.
-
-        Called once when the registry is built.
-
-        :return: a list of :class:`mmvae_bench.api.MetricEntry` with unique names; each is
-            computed after the standard protocol on the same trained model and its results
-            are stored under ``metrics[name]`` in the run record. A clash is an error.
-        """
+# (registry table, hook name, entry type), in the order the hooks are called.
+_KINDS: tuple[tuple[str, str, type], ...] = (
+    ("models", "mmvae_bench_models", ModelEntry),
+    ("datasets", "mmvae_bench_datasets", DatasetEntry),
+    ("metrics", "mmvae_bench_metrics", MetricEntry),
+)
+_HOOKS = tuple(hook for _, hook, _ in _KINDS)
+_IMPORTING = "while importing"
 
 
 @dataclass
@@ -104,6 +77,11 @@ def _lookup(kind: str, name: str, table: dict[str, Any]) -> Any:
         raise BenchError(f"unknown {kind} '{name}'; available: {known}") from None
 
 
+class _PluginError(Exception):
+    """A plugin broke the contract; the message is a predicate ("failed to import: ...") that
+    the caller puts after the plugin's name, or files under it in ``Registry.broken``."""
+
+
 def _plugin_manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(Hookspecs)
@@ -111,84 +89,226 @@ def _plugin_manager() -> pluggy.PluginManager:
 
 
 def _load_module_from_file(path: Path) -> ModuleType:
-    path = path.expanduser().resolve()
-    if not path.is_file():
-        raise BenchError(f"plugin file not found: {path}")
-    mod_name = f"mmvae_bench_plugin_{path.stem}"
-    spec = importlib.util.spec_from_file_location(mod_name, path)
+    """Import a ``--plugin`` file; a path that is no .py file is a BenchError naming it."""
+    resolved = path.expanduser().resolve()
+    if resolved.is_dir():
+        raise BenchError(f"--plugin {path} is a folder; give the plugin's .py file")
+    if not resolved.is_file():
+        raise BenchError(f"plugin file not found: {resolved}")
+    if resolved.suffix != ".py":
+        raise BenchError(f"plugin file {path} is not a .py file")
+    mod_name = f"mmvae_bench_plugin_{resolved.stem}"
+    spec = importlib.util.spec_from_file_location(mod_name, resolved)
     if spec is None or spec.loader is None:
         raise BenchError(f"cannot load plugin file {path}")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = module
-    spec.loader.exec_module(module)
+    sys.modules[mod_name] = module  # dataclasses look their module up while it executes
+    try:
+        _guarded(lambda: spec.loader.exec_module(module), _IMPORTING, source=resolved)
+    except _PluginError:
+        sys.modules.pop(mod_name, None)
+        raise
     return module
 
 
+def _guarded(call: Callable[[], Any], during: str, *, source: Path | None = None) -> Any:
+    """``call()``, with anything it raises (``sys.exit`` included) as a :class:`_PluginError`.
+
+    ``during`` says when: ``"while importing"`` (then ``source`` is the file, for syntax
+    errors) or ``"in mmvae_bench_models()"``. ``KeyboardInterrupt`` is not caught: Ctrl-C still
+    stops the command.
+    """
+    try:
+        return call()
+    except SyntaxError as e:
+        where = f"line {e.lineno}"
+        if source is None or Path(e.filename or "") != source:
+            where = f"{e.filename}, {where}"
+        raise _PluginError(f"has a syntax error at {where}: {e.msg}") from None
+    except SystemExit as e:  # a BaseException: `except Exception` would let it end the CLI
+        raise _PluginError(f"called sys.exit({e.code!r}) {during}") from None
+    except Exception as e:
+        if during == _IMPORTING:
+            raise _PluginError(f"failed to import: {type(e).__name__}: {e}") from None
+        raise _PluginError(f"raised {type(e).__name__} {during}: {e}") from None
+
+
+def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
+    """Register ``plugin`` as ``name`` if its hooks are well-formed; else nothing changes."""
+    try:
+        pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as e:  # e.g. an argument the hook does not have
+        detail = " ".join(str(e).split())  # pluggy's message spans lines
+        raise _PluginError(f"does not match the hook specification: {detail}") from None
+    callers = pm.get_hookcallers(plugin) or []
+    unknown = sorted(c.name for c in callers if not c.has_spec())
+    # A hook function without @hookimpl is silently not a hook to pluggy: name it.
+    undecorated = [
+        f"{hook}()"
+        for hook in _HOOKS
+        if callable(getattr(plugin, hook, None)) and pm.parse_hookimpl_opts(plugin, hook) is None
+    ]
+    if not (unknown or undecorated or not callers):
+        return
+    pm.unregister(plugin)
+    decorate = "with @hookimpl from mmvae_bench.api"
+    if unknown:
+        hooks = ", ".join(f"{h}()" for h in _HOOKS)
+        raise _PluginError(f"defines unknown hook(s) {', '.join(unknown)}; the hooks: {hooks}")
+    if callers:
+        raise _PluginError(f"does not register {', '.join(undecorated)}: decorate it {decorate}")
+    if undecorated:
+        raise _PluginError(f"registers no hooks: decorate its {', '.join(undecorated)} {decorate}")
+    hooks = " or ".join(f"{h}()" for h in _HOOKS)
+    raise _PluginError(f"registers no hooks: define {hooks} {decorate}")
+
+
+def _check_name(kind: str, hook: str, name: object) -> None:
+    if not isinstance(name, str) or len(name) > NAME_MAX_LEN or not NAME_PATTERN.fullmatch(name):
+        raise _PluginError(
+            f"registered the bad {kind} name {name!r} in {hook}(): a name is lower-kebab "
+            f"(a-z, 0-9, words joined by '-', like 'jnf-shared'), at most {NAME_MAX_LEN} "
+            "characters, because it becomes a file name"
+        )
+
+
+def _check_entry(kind: str, hook: str, entry: Any) -> None:
+    """The checks beyond the name: the parts the framework calls or builds."""
+    name = entry.name
+    if isinstance(entry, ModelEntry):
+        if not (isinstance(entry.cls, type) and issubclass(entry.cls, MultimodalVAE)):
+            raise _PluginError(
+                f"registered model '{name}' in {hook}() with cls={entry.cls!r}, "
+                "which is not a MultimodalVAE subclass"
+            )
+        config = entry.config
+        if not (
+            isinstance(config, type)
+            and dataclasses.is_dataclass(config)
+            and issubclass(config, ModelConfig)
+        ):
+            raise _PluginError(
+                f"registered model '{name}' in {hook}() with config={config!r}, "
+                "which is not a dataclass subclassing ModelConfig"
+            )
+    elif isinstance(entry, DatasetEntry) and not callable(entry.load):
+        raise _PluginError(
+            f"registered dataset '{name}' in {hook}() with a load that is not callable"
+        )
+    elif isinstance(entry, MetricEntry) and not callable(entry.compute):
+        raise _PluginError(
+            f"registered metric '{name}' in {hook}() with a compute that is not callable"
+        )
+
+
+def _collect(pm: pluggy.PluginManager, plugin: object) -> list[tuple[str, Any]]:
+    """Call ``plugin``'s registration hooks and check what they return: ``[(kind, entry)]``."""
+    out: list[tuple[str, Any]] = []
+    for kind, hook, entry_type in _KINDS:
+        expected = f"a list of {entry_type.__name__}"
+        seen: set[str] = set()
+        for impl in getattr(pm.hook, hook).get_hookimpls():
+            if impl.plugin is not plugin:
+                continue
+            # Called one plugin at a time, so every failure is charged to its plugin.
+            items = _guarded(impl.function, f"in {hook}()")
+            if items is None:
+                raise _PluginError(f"returned None from {hook}(), expected {expected} (no return?)")
+            if not isinstance(items, list):
+                raise _PluginError(
+                    f"returned a {type(items).__name__} from {hook}(), expected {expected}"
+                )
+            for i, entry in enumerate(items):
+                if not isinstance(entry, entry_type):
+                    raise _PluginError(
+                        f"returned a {type(entry).__name__} at index {i} of {hook}(), "
+                        f"expected {expected}"
+                    )
+                _check_name(kind[:-1], hook, entry.name)
+                _check_entry(kind, hook, entry)
+                if entry.name in seen:
+                    raise _PluginError(f"registered {kind[:-1]} '{entry.name}' twice in {hook}()")
+                seen.add(entry.name)
+                out.append((kind, entry))
+    return out
+
+
 def load_registry(
-    plugin_files: list[Path] | tuple[Path, ...] = (),
+    plugin_files: Sequence[Path] = (),
     *,
-    modules: list[ModuleType] | tuple[ModuleType, ...] = (),
+    modules: Sequence[ModuleType] = (),
     entry_points: bool = True,
 ) -> Registry:
     """Load every plugin and build the registry.
 
-    Entry points of group ``mmvae_bench`` are loaded one at a time: one that fails to import
-    is recorded in ``Registry.broken`` with its error and the others still load. A plugin given
-    by file (``--plugin``) that fails is the user's error and raises ``BenchError``.
+    Entry points of group ``mmvae_bench`` are loaded, registered and called one at a time: one
+    that fails to import, registers no hooks or breaks the contract of
+    :class:`~mmvae_bench.hookspecs.Hookspecs` (a bad name or entry, a non-list return, a hook
+    raising or calling ``sys.exit``) is recorded in ``Registry.broken`` with the reason, adds
+    nothing, and the others still load. The same fault in a plugin given by file
+    (``--plugin``) or in ``modules`` raises :class:`BenchError` naming it, as does a name that
+    two plugins register (naming both).
     """
     pm = _plugin_manager()
     reg = Registry()
+    labels: dict[str, str] = {}  # plugins whose faults are BenchErrors, by registered name
+
+    def broken(name: str, e: _PluginError) -> None:
+        reg.broken[name] = str(e)
+        log.warning("plugin %s is broken: %s", name, e)
+
     if entry_points:
         eps = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
         for ep in eps:
             try:
-                module = ep.load()
-            except Exception as e:  # a broken third-party plugin must not stop the others
-                reg.broken[ep.name] = f"{type(e).__name__}: {e}"
-                log.warning("plugin %s failed to load: %s", ep.name, e)
-                continue
-            if pm.is_registered(module):
-                continue
-            pm.register(module, name=ep.name)
+                plugin = _guarded(ep.load, _IMPORTING)
+                if not pm.is_registered(plugin):
+                    _register(pm, plugin, ep.name)
+            except _PluginError as e:  # a broken third-party plugin must not stop the others
+                broken(ep.name, e)
+
     # The framework's own datasets go through the same hook as any plugin's.
-    from mmvae_bench.data import catalog
-
-    pm.register(catalog, name="mmvae_bench.data")
-    for module in modules:
-        pm.register(module, name=getattr(module, "__name__", None))
-    for path in plugin_files:
+    named = [("mmvae_bench.data", catalog)] + [(m.__name__, m) for m in modules]
+    for name, module in named:
+        labels[name] = f"plugin '{name}'"
+        if pm.is_registered(module):  # also an entry point
+            continue
         try:
-            module = _load_module_from_file(Path(path))
-        except BenchError:
-            raise
-        except Exception as e:
-            raise BenchError(
-                f"plugin file {path} failed to import: {type(e).__name__}: {e}"
-            ) from None
-        pm.register(module, name=f"file:{Path(path)}")
-    pm.check_pending()
+            _register(pm, module, name)
+        except _PluginError as e:
+            raise BenchError(f"{labels[name]} {e}") from None
+    for path in map(Path, plugin_files):
+        name = f"file:{path}"
+        if name in labels:
+            raise BenchError(f"--plugin {path} is given twice")
+        labels[name] = f"plugin file {path}"
+        try:
+            _register(pm, _load_module_from_file(path), name)
+        except _PluginError as e:
+            raise BenchError(f"{labels[name]} {e}") from None
+    pm.check_pending()  # _register refused unknown hooks already; this keeps pluggy's word
 
-    for kind, hook in (
-        ("models", pm.hook.mmvae_bench_models),
-        ("datasets", pm.hook.mmvae_bench_datasets),
-        ("metrics", pm.hook.mmvae_bench_metrics),
-    ):
-        table: dict[str, Any] = getattr(reg, kind)
-        for impl in hook.get_hookimpls():
-            try:
-                items = impl.function()
-            except Exception as e:
-                reg.broken[impl.plugin_name] = f"{kind} hook raised {type(e).__name__}: {e}"
-                continue
-            for item in items or []:
-                name = item.name
-                if name in table:
-                    first = reg.sources[(kind, name)]
-                    raise BenchError(
-                        f"{kind[:-1]} name '{name}' registered twice: by plugin '{first}' "
-                        f"and by plugin '{impl.plugin_name}'"
-                    )
-                table[name] = item
-                reg.sources[(kind, name)] = impl.plugin_name
-        setattr(reg, kind, dict(sorted(table.items())))
+    contributions: dict[str, list[tuple[str, Any]]] = {}
+    for name, plugin in pm.list_name_plugin():  # registration order: first come, first named
+        try:
+            contributions[name] = _collect(pm, plugin)
+        except _PluginError as e:
+            if name in labels:
+                raise BenchError(f"{labels[name]} {e}") from None
+            pm.unregister(plugin)
+            broken(name, e)
+
+    for name, entries in contributions.items():
+        for kind, entry in entries:
+            table: dict[str, Any] = getattr(reg, kind)
+            if entry.name in table:
+                first = reg.sources[(kind, entry.name)]
+                raise BenchError(
+                    f"{kind[:-1]} name '{entry.name}' registered twice: by plugin '{first}' "
+                    f"and by plugin '{name}'"
+                )
+            table[entry.name] = entry
+            reg.sources[(kind, entry.name)] = name
+    for kind, _, _ in _KINDS:
+        setattr(reg, kind, dict(sorted(getattr(reg, kind).items())))
     return reg

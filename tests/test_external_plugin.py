@@ -170,3 +170,43 @@ def test_an_entry_point_clashing_with_a_builtin_names_both(
     assert "model name 'jnf' registered twice" in err
     assert "plugin 'jnf'" in err and "plugin 'my-clash'" in err
     assert "Traceback" not in res.stderr
+
+
+def test_an_entry_point_breaking_the_contract_is_listed_as_broken(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    # The README plugin with its `return` forgotten: the hook returns None.
+    code = readme_plugin().replace(
+        "    return [\n        ModelEntry(", "    [\n        ModelEntry("
+    )
+    assert "    [\n        ModelEntry(" in code
+    site = _package(tmp_path_factory.mktemp("noret"), "noret-plugin", "noret", "no-return", code)
+    res = mmvae_bench(["models"], site, tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = " ".join(res.stdout.split())
+    assert "no-return" in out and "broken" in out and "returned None" in out
+    assert "jnf" in res.stdout and "poe-vae" not in res.stdout  # the others load, it adds none
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        (
+            readme_plugin().replace("@hookimpl\n", ""),
+            "registers no hooks: decorate its mmvae_bench_models() with @hookimpl",
+        ),
+        ("import sys\nsys.exit(0)\n", "called sys.exit(0) while importing"),
+        ("def broken(:\n", "has a syntax error at line 1"),
+    ],
+)
+def test_a_faulty_plugin_file_is_exit_2_with_one_error_line(
+    code: str, message: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "faulty.py"
+    path.write_text(code)
+    res = runner.invoke(app, ["models", "--plugin", str(path)])
+    assert res.exit_code == 2, res.output
+    out = " ".join(res.output.split())  # rich may wrap the message
+    assert f"error: plugin file {path} {message}" in out and "Traceback" not in out
+    res = runner.invoke(app, ["models", "--plugin", str(tmp_path)])
+    assert res.exit_code == 2 and "is a folder" in " ".join(res.output.split())

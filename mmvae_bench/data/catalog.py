@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mmvae_bench.data.spec import DataOptions, DatasetEntry, MultimodalDataset
-from mmvae_bench.plugins import hookimpl
+from mmvae_bench.hookspecs import hookimpl
 
 __all__ = ["mmvae_bench_datasets"]
 
