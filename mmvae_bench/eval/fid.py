@@ -10,21 +10,35 @@ Two feature extractors, never swapped silently:
   weights (``mmvae-clf-<dataset>-<modality>-<fingerprint>``). Its numbers are only comparable with
   numbers of the same extractor; the record and the leaderboard carry the name.
 
-Images go to torch-fidelity as uint8 ``(B, 3, H, W)`` (grayscale repeated); the real-data
-statistics of the test split are cached by torch-fidelity under ``<cache_dir>/fid`` with a name
-made of dataset, image fingerprint and extractor. torch-fidelity is imported lazily here and
-nowhere else: it costs ~2 s of import time that runs without FID should not pay.
+Images go to torch-fidelity's extractors as uint8 ``(B, 3, H, W)`` (grayscale repeated), and
+its own functions turn features into statistics (mu, sigma) and statistics into the distance, so
+the numbers are torch-fidelity's. Nothing here is unpickled (DESIGN §10), so torch-fidelity's
+cache is never used (it reads with ``weights_only=False``):
+
+* the real-data statistics of the test split are cached by this module as ``.npz`` (written
+  atomically, read with ``allow_pickle=False``) under ``<cache_dir>/fid``, named by dataset,
+  split, modality, image fingerprint, extractor and layer; an unreadable or mismatched file is
+  logged and recomputed;
+* Inception weights are read with ``torch.load(weights_only=True)`` as a plain tensor state dict;
+  any other file (a pickle payload) is a ``BenchError``.
+
+torch-fidelity is imported lazily here and nowhere else: it costs ~2 s of import time that runs
+without FID should not pay.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
+import pickle
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
@@ -32,6 +46,7 @@ from torch.utils.data import Dataset
 from mmvae_bench.data.spec import ModalitySpec, MultimodalDataset, Split, iter_batches
 from mmvae_bench.errors import BenchError
 from mmvae_bench.eval.protocol import FID, FID_EXTRACTORS, Protocol
+from mmvae_bench.io import atomic_write
 from mmvae_bench.model import MultimodalVAE, all_subsets, subset_key
 from mmvae_bench.threads import native_threads
 
@@ -47,6 +62,8 @@ __all__ = [
     "frechet_distance",
     "inception_extractor",
     "inception_weights_path",
+    "load_inception_weights",
+    "real_stats_path",
     "resolve_extractor",
     "to_uint8_rgb",
 ]
@@ -61,6 +78,10 @@ CLASSIFIER_FEATURE_LAYER = "penultimate"
 # extractor from its class alone (``cls(name, features, **kwargs)``), so the net is looked up.
 _CLASSIFIER_NETS: dict[str, tuple[nn.Module, ModalitySpec]] = {}
 _EXTRACTOR_CLASS: type | None = None
+_INCEPTION_CLASS: type | None = None
+# The last Inception weights file read, checked and re-serialised: (path, size, mtime) -> bytes.
+# One FID call builds one extractor, and a model's evaluation makes ~80 calls for PolyMNIST.
+_INCEPTION_BYTES: dict[tuple[str, int, int], bytes] = {}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -253,10 +274,15 @@ def classifier_extractor(
 
 
 def inception_weights_path(settings: FIDSettings) -> Path:
-    """The Inception v3 weights file to use; a missing file is a ``BenchError`` saying where.
+    """The Inception v3 weights file to use, found and read (:func:`load_inception_weights`).
 
     Looks at ``settings.inception_weights`` when given, else at the file torch-fidelity
-    downloads into torch hub's cache (``<torch hub dir>/checkpoints/``).
+    downloads into torch hub's cache (``<torch hub dir>/checkpoints/``). Reading it here lets
+    ``run``, ``evaluate`` and ``sweep`` refuse a bad file before any work.
+
+    Raises:
+        BenchError: the file is missing (the message says where to put it) or is not a plain
+            tensor state dict.
     """
     from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 
@@ -270,18 +296,106 @@ def inception_weights_path(settings: FIDSettings) -> Path:
                 f"{URL_INCEPTION_V3} and pass its path, or put it at {cached}; or use "
                 "--fid-extractor classifier"
             )
-        return path
-    if not cached.is_file():
+    elif cached.is_file():
+        path = cached
+    else:
         raise BenchError(
             f"FID with Inception v3 needs its weights and none are here: put {filename} "
             f"(from {URL_INCEPTION_V3}) at {cached} (torch-fidelity's cache), or pass "
             "--inception-weights PATH; or use --fid-extractor classifier (labelled, offline)"
         )
-    return cached
+    _inception_bytes(path)
+    return path
+
+
+def load_inception_weights(path: Path) -> dict[str, Tensor]:
+    """The Inception v3 weights at ``path`` as a state dict, read with ``weights_only=True``.
+
+    Raises:
+        BenchError: the file is not a plain ``{name: tensor}`` state dict (a pickle payload,
+            another object) or cannot be read; it is never unpickled.
+    """
+    path = Path(path)
+    refuse = f"Inception weights {path} are not a plain tensor state dict (refusing to unpickle)"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise BenchError(f"{refuse}: {_unpickling_reason(e)}") from None
+    except Exception as e:
+        raise BenchError(
+            f"Inception weights {path} are corrupt or unreadable ({type(e).__name__}: {e})"
+        ) from None
+    if not isinstance(state, dict) or not state:
+        raise BenchError(f"{refuse}: it holds a {type(state).__name__}")
+    odd = [k for k, v in state.items() if not (isinstance(k, str) and isinstance(v, Tensor))]
+    if odd:
+        raise BenchError(f"{refuse}: entries that are not named tensors: {odd[:5]}")
+    return state
+
+
+def _unpickling_reason(e: Exception) -> str:
+    """The refused object from torch's weights-only error, without its advice to unpickle."""
+    msg = str(e)
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. Please|\n\n|$)", msg, re.S)
+    return (found.group(1) if found else msg.splitlines()[0]).strip()
+
+
+def _inception_bytes(path: Path) -> bytes:
+    """``load_inception_weights(path)`` re-serialised with ``torch.save``; the last one is kept."""
+    path = Path(path).expanduser().resolve()
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _INCEPTION_BYTES:
+        buf = io.BytesIO()
+        torch.save(load_inception_weights(path), buf)
+        _INCEPTION_BYTES.clear()
+        _INCEPTION_BYTES[key] = buf.getvalue()
+    return _INCEPTION_BYTES[key]
+
+
+def _inception_class() -> type:
+    """torch-fidelity's Inception v3 reading its weights file safely (built once; lazy import)."""
+    global _INCEPTION_CLASS
+    if _INCEPTION_CLASS is not None:
+        return _INCEPTION_CLASS
+    from torch_fidelity import FeatureExtractorInceptionV3
+
+    class CheckedInceptionV3(FeatureExtractorInceptionV3):
+        """``FeatureExtractorInceptionV3`` whose weights file is read with ``weights_only=True``."""
+
+        def __init__(
+            self, name: str, features_list: list[str], *, feature_extractor_weights_path: Path
+        ) -> None:
+            # The parent torch.loads its argument with weights_only=False, so it gets an
+            # in-memory torch.save of the state dict we read with weights_only=True: it unpickles
+            # only bytes we wrote, and its layers stay torch-fidelity's (nothing vendored).
+            safe = io.BytesIO(_inception_bytes(feature_extractor_weights_path))
+            super().__init__(name, features_list, feature_extractor_weights_path=safe)
+
+    _INCEPTION_CLASS = CheckedInceptionV3
+    return CheckedInceptionV3
+
+
+def _feature_extractor(name: str, layer: str, weights: Path | None, cuda: bool) -> nn.Module:
+    """The frozen torch-fidelity extractor ``name`` computing ``layer``, on the GPU if ``cuda``."""
+    from torch_fidelity.utils import create_feature_extractor
+
+    if name != INCEPTION_NAME:
+        return create_feature_extractor(name, [layer], cuda=cuda, verbose=False)
+    if weights is None:
+        weights = inception_weights_path(FIDSettings(extractor="inception"))
+    # Built here, not from torch-fidelity's registry entry (which unpickles the file), under the
+    # same name: the name is part of the cached statistics' and the record's identity.
+    try:
+        net = _inception_class()(INCEPTION_NAME, [layer], feature_extractor_weights_path=weights)
+    except RuntimeError as e:  # load_state_dict: a tensor dict, but not Inception v3's
+        raise BenchError(f"Inception weights {weights} do not fit Inception v3: {e}") from None
+    net.requires_grad_(False).eval()
+    return net.cuda() if cuda else net
 
 
 def inception_extractor(settings: FIDSettings, modalities: list[str]) -> FIDExtractor:
-    """torch-fidelity's Inception v3, with its weights file checked up front."""
+    """torch-fidelity's Inception v3, with its weights file found and read up front."""
     weights = inception_weights_path(settings)
     return FIDExtractor(
         name=INCEPTION_NAME,
@@ -306,6 +420,54 @@ def resolve_extractor(
 
 
 # -- the distance ----------------------------------------------------------------------------
+def real_stats_path(cache_dir: Path, real_cache_name: str, extractor: str, layer: str) -> Path:
+    """Where the real-data statistics of ``real_cache_name`` under ``extractor`` are cached.
+
+    torch-fidelity's own cache name for them, as ``.npz``: ``<name>-<extractor>-stat-fid-<layer>``.
+    """
+    return Path(cache_dir) / f"{real_cache_name}-{extractor}-stat-fid-{layer}.npz"
+
+
+def _read_stats(path: Path, like: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    """Cached ``{mu, sigma}`` shaped and typed as ``like``; None (logged) when unusable."""
+    if not path.is_file():
+        return None
+    try:
+        npz = np.load(path, allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise ValueError("not an .npz archive")
+        with npz:
+            if set(npz.files) != {"mu", "sigma"}:
+                found = sorted(npz.files)
+                raise ValueError(
+                    f"expected the arrays mu and sigma, found {len(found)} entries: {found[:3]}"
+                )
+            stats = {k: npz[k] for k in ("mu", "sigma")}
+    except Exception as e:
+        # numpy's message for a pickle suggests allow_pickle=True: never do that to a cache.
+        why = "it holds pickled data, not loaded" if "pickled" in str(e) else str(e)
+        log.warning(
+            "FID statistics cache %s is unreadable (%s: %s); recomputing it",
+            path,
+            type(e).__name__,
+            why,
+        )
+        return None
+    for k, v in stats.items():
+        if v.shape != like[k].shape or v.dtype != like[k].dtype:
+            log.warning(
+                "FID statistics cache %s holds %s %s %s, expected %s %s; recomputing it",
+                path,
+                k,
+                v.dtype,
+                v.shape,
+                like[k].dtype,
+                like[k].shape,
+            )
+            return None
+    return stats
+
+
 def frechet_distance(
     real: ImageTensorDataset,
     fake: ImageTensorDataset,
@@ -319,38 +481,55 @@ def frechet_distance(
 ) -> float:
     """FID between two uint8 image sets with a registered torch-fidelity extractor.
 
+    Features, statistics and the distance come from torch-fidelity's functions (the steps of
+    its ``calculate_metrics``); only the real statistics' cache is ours (see the module doc).
+
     Args:
         real: the reference images; their statistics are cached as ``real_cache_name``.
         fake: generated images (never cached).
         extractor: torch-fidelity registry name (``inception-v3-compat`` or a classifier's).
-        real_cache_name: torch-fidelity cache entry for ``real`` (None: no caching).
-        cache_dir: torch-fidelity ``cache_root``.
+        real_cache_name: cache entry for ``real``'s statistics (None: no caching).
+        cache_dir: folder of the cached statistics (needed with ``real_cache_name``).
         device: where features are computed (cuda or cpu).
         batch_size: feature-extraction batch size (results do not depend on it).
-        weights: ``feature_extractor_weights_path`` (Inception).
+        weights: the Inception weights file (Inception only; None: torch-fidelity's cache).
     """
-    import torch_fidelity
+    from torch_fidelity import KEY_METRIC_FID
+    from torch_fidelity.metric_fid import fid_featuresdict_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.utils import get_featuresdict_from_dataset, resolve_feature_layer_for_metric
 
     for name, s in (("real", real), ("generated", fake)):
         if len(s) < 2:
             raise BenchError(f"FID needs at least 2 {name} images, got {len(s)}")
+    if real_cache_name is not None and cache_dir is None:
+        raise ValueError("real_cache_name needs a cache_dir")
     cuda = torch.device(device).type == "cuda"
-    with native_threads():  # the matrix square root runs in SciPy's BLAS
-        metrics = torch_fidelity.calculate_metrics(
-            input1=real,
-            input2=fake,
-            fid=True,
-            feature_extractor=extractor,
-            feature_extractor_weights_path=str(weights) if weights else None,
-            input1_cache_name=real_cache_name,
-            cache=real_cache_name is not None,
-            cache_root=str(cache_dir) if cache_dir else None,
-            cuda=cuda,
-            batch_size=batch_size,
-            save_cpu_ram=True,  # DataLoader workers = 0: no forked processes
-            verbose=False,
-        )
-    return float(metrics[torch_fidelity.KEY_METRIC_FID])
+    layer = resolve_feature_layer_for_metric("fid", feature_extractor=extractor)
+    path = None
+    if real_cache_name is not None:
+        path = real_stats_path(cache_dir, real_cache_name, extractor, layer)
+    with native_threads():  # the matrix square root runs in NumPy's BLAS
+        net = _feature_extractor(extractor, layer, weights, cuda)
+
+        def statistics(images: ImageTensorDataset) -> dict[str, np.ndarray]:
+            features = get_featuresdict_from_dataset(
+                input=images,
+                feat_extractor=net,
+                batch_size=batch_size,
+                cuda=cuda,
+                save_cpu_ram=True,  # DataLoader workers = 0: no forked processes
+                verbose=False,
+            )
+            return fid_featuresdict_to_statistics(features, layer)
+
+        fake_stats = statistics(fake)
+        real_stats = _read_stats(path, fake_stats) if path else None
+        if real_stats is None:
+            real_stats = statistics(real)
+            if path:
+                atomic_write(path, lambda f: np.savez(f, **real_stats))
+        metric = fid_statistics_to_metric(real_stats, fake_stats, verbose=False)
+    return float(metric[KEY_METRIC_FID])
 
 
 # -- FID of a model --------------------------------------------------------------------------
@@ -407,7 +586,7 @@ def fid_metrics(
         classifiers: coherence classifiers by modality (for the classifier extractor).
         protocol: sample counts, HMC settings, batch size.
         settings: which extractor.
-        cache_dir: torch-fidelity's statistics cache goes to ``cache_dir / "fid"``.
+        cache_dir: the real-data statistics are cached under ``cache_dir / "fid"``.
         latent_sampler: ``n -> (n, latent_dim)`` draws for unconditional samples
             (default ``model.prior_sample``).
 
@@ -441,8 +620,8 @@ def fid_metrics(
         )
 
     # Each sampling phase is seeded on its own: the same weights give the same FID whether or
-    # not torch-fidelity had the real statistics cached (its DataLoader draws from the global
-    # RNG when it reads them); the caller's RNG stream is left alone.
+    # not the real statistics were cached (torch-fidelity's DataLoader draws from the global
+    # RNG when it reads images); the caller's RNG stream is left alone.
     seed = protocol.subsample_seed
     with torch.random.fork_rng(devices=[torch.device(device)] if cuda else []):
         torch.manual_seed(seed)
