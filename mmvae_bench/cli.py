@@ -9,18 +9,19 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.logging import RichHandler
-from rich.table import Table
+from rich.text import Text
 
 from mmvae_bench.config import (
     Device,
     Precision,
+    ProtocolName,
     RunConfig,
     SamplerKind,
     coerce_value,
@@ -29,6 +30,20 @@ from mmvae_bench.config import (
 )
 from mmvae_bench.errors import BenchError
 from mmvae_bench.plugins import Registry, load_registry
+from mmvae_bench.present import (
+    classifiers_table,
+    console,
+    datasets_table,
+    err_console,
+    leaderboard_build_report,
+    leaderboard_tables,
+    models_table,
+    print_error,
+    print_record,
+    print_sweep,
+    problems_table,
+    say,
+)
 
 app = typer.Typer(
     name="mmvae-bench",
@@ -40,8 +55,6 @@ app = typer.Typer(
 classifiers_app = typer.Typer(help="Coherence classifiers.", no_args_is_help=True)
 app.add_typer(classifiers_app, name="classifiers")
 
-console = Console()
-err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 # One torch thread per core pair by default: measured on a 2-core machine, a process with 2
@@ -80,7 +93,7 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except BenchError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            print_error(str(e))
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -130,6 +143,14 @@ InceptionWeightsOpt = Annotated[
 ]
 
 
+def protocol_choice(quick: bool, protocol: str | None) -> str:
+    """``--quick`` or ``--protocol NAME`` (default full); both naming different ones is an error."""
+    if quick and protocol not in (None, "quick"):
+        raise BenchError(f"--quick conflicts with --protocol {protocol}; give one of them")
+    name = "quick" if quick else (protocol or "full")
+    return coerce_value("--protocol", name, ProtocolName)
+
+
 def fid_choice(fid: bool, extractor: str | None, inception_weights: Path | None) -> str | None:
     """The FID extractor ``--fid/--fid-extractor/--inception-weights`` ask for (None: no FID)."""
     if not fid:
@@ -153,7 +174,9 @@ def run(
     threads: ThreadsOpt = DEFAULT_THREADS,
     out: Annotated[Path, typer.Option(help="Folder for run records.")] = Path("runs"),
     quick: Annotated[bool, typer.Option(help="Use the quick evaluation protocol.")] = False,
-    protocol: Annotated[str, typer.Option(help="Evaluation protocol: full or quick.")] = "full",
+    protocol: Annotated[
+        str | None, typer.Option(help="Evaluation protocol: full or quick (default: full).")
+    ] = None,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="Model config field, KEY=VALUE (repeatable)."),
@@ -173,12 +196,28 @@ def run(
     ] = False,
     fid_extractor: FIDExtractorOpt = None,
     inception_weights: InceptionWeightsOpt = None,
-    run_id: Annotated[str | None, typer.Option(help="Fixed run id.")] = None,
+    run_id: Annotated[
+        str | None, typer.Option(help="Fixed run id (letters, digits, . _ + = -).")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace the run --run-id if it exists (its files are deleted).")
+    ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Continue the run --run-id: from its last finished stage, or only its "
+            "evaluation when training had finished (same settings required)."
+        ),
+    ] = False,
     plugin: PluginOpt = None,
 ) -> None:
     """Train a model, evaluate it, and write runs/<run-id>/results.json."""
     from mmvae_bench.runner import run as run_model
 
+    if overwrite and resume:
+        raise BenchError("--overwrite and --resume exclude each other")
+    if resume and run_id is None:
+        raise BenchError("--resume needs the --run-id of the run to continue")
     registry = _registry(plugin)
     entry = registry.model(model)
     registry.dataset(dataset)
@@ -190,7 +229,7 @@ def run(
         device=coerce_value("--device", device, Device),
         threads=threads,
         out=out,
-        protocol="quick" if quick else protocol,
+        protocol=protocol_choice(quick, protocol),
         data_dir=data_dir,
         cache_dir=cache_dir,
         epochs=parse_epochs(epochs),
@@ -203,81 +242,31 @@ def run(
         fid=fid_choice(fid, fid_extractor, inception_weights),
         inception_weights=inception_weights,
         run_id=run_id,
+        plugins=tuple(plugin or ()),
     )
-    record = run_model(cfg, registry, progress=True, status=lambda m: console.print(f"[dim]{m}"))
-    print_record(record, Path(out) / record["run_id"])
-
-
-def print_record(record: dict[str, Any], run_dir: Path) -> None:
-    """A rich summary of a run record: stages, coherence by |S|, joint coherence, FID."""
-    from rich.markup import escape
-
-    from mmvae_bench.eval import protocol as P
-
-    t = Table(title=f"{record['model']} on {record['dataset']} (seed {record['seed']})")
-    t.add_column("metric")
-    t.add_column("value", justify="right")
-    for name, s in record.get("stages", {}).items():
-        t.add_row(f"stage {name}", f"{s['wall_s']:.1f} s, {s['samples_per_s']:.0f} samples/s")
-    m = record.get("metrics", {})
-    for k, v in m.get(P.COND_COHERENCE_BY_SIZE, {}).items():
-        t.add_row(f"conditional coherence |S|={k}", f"{v['mean']:.3f} ± {v['std']:.3f}")
-    if P.JOINT_COHERENCE in m:
-        kind = (record.get("sampler") or {}).get("kind", "prior")
-        t.add_row(f"joint coherence ({kind} sampler)", f"{m[P.JOINT_COHERENCE]:.3f}")
-        for mod, hist in m.get(P.JOINT_LABEL_HIST, {}).items():
-            total = max(sum(hist), 1)
-            top = max(range(len(hist)), key=lambda i: hist[i])
-            t.add_row(f"  sampled labels {mod}", f"top class {top}: {hist[top] / total:.0%}")
-    ll = (record.get("sampler") or {}).get("train_log_likelihood")
-    if ll is not None:
-        t.add_row("sampler train log-likelihood", f"{ll:.3f} nats")
-    for mod, acc in m.get(P.CLASSIFIER_ACCURACY, {}).items():
-        t.add_row(f"classifier {mod}", f"{acc:.3f}")
-    if m.get(P.HMC_ACCEPTANCE):
-        rates = list(m[P.HMC_ACCEPTANCE].values())
-        t.add_row("HMC acceptance", f"{min(rates):.2f}–{max(rates):.2f}")
-    t.add_row("protocol", record["protocol"]["name"])
-    console.print(t)
-    for ext, per_mod in m.get(P.FID, {}).items():
-        t = Table(title=f"FID [{escape(ext)}]", caption=m[P.FID_EXTRACTORS][ext]["label"])
-        t.add_column("modality")
-        t.add_column("generated from")
-        t.add_column("FID", justify="right")
-        for mod, values in per_mod.items():
-            for key, v in values.items():
-                source = f"{record['sampler']['kind']} sampler" if key == "unconditional" else key
-                t.add_row(mod, source, f"{v:.4g}")
-        console.print(t)
-    console.print(f"record: {run_dir / 'results.json'}")
+    record = run_model(
+        cfg,
+        registry,
+        mode="overwrite" if overwrite else "resume" if resume else "new",
+        progress=True,
+        status=say,
+        command=["mmvae-bench", *sys.argv[1:]],
+    )
+    print_record(record, Path(out) / record.run_id)
 
 
 @app.command()
 @user_errors
 def models(plugin: PluginOpt = None) -> None:
     """List the installed model plugins (and any that failed to load)."""
-    reg = _registry(plugin)
-    t = Table(title="models")
-    for col in ("name", "stages / status", "source", "description"):
-        t.add_column(col)
-    for name, e in reg.models.items():
-        t.add_row(name, "ok", reg.sources[("models", name)], e.description)
-    for name, err in reg.broken.items():
-        t.add_row(name, "[red]broken[/]", name, err)
-    console.print(t)
+    console.print(models_table(_registry(plugin)))
 
 
 @app.command()
 @user_errors
 def datasets(plugin: PluginOpt = None) -> None:
     """List the datasets (built-in ones need no download)."""
-    reg = _registry(plugin)
-    t = Table(title="datasets")
-    for col in ("name", "kind", "description"):
-        t.add_column(col)
-    for name, e in reg.datasets.items():
-        t.add_row(name, "built-in" if e.builtin else "download", e.description)
-    console.print(t)
+    console.print(datasets_table(_registry(plugin)))
 
 
 @classifiers_app.command("train")
@@ -303,15 +292,8 @@ def classifiers_train(
     cfg = RunConfig(model="-", dataset=dataset, data_dir=data_dir, cache_dir=cache_dir)
     ds = load_dataset(reg, cfg)
     result = train_classifiers(ds, cache_dir, epochs=epochs, device=resolve_device(device))
-    t = Table(title=f"classifiers for {dataset}")
-    t.add_column("modality")
-    t.add_column("test accuracy (balanced)", justify="right")
-    t.add_column("floor", justify="right")
-    for m, c in result.items():
-        ok = "" if c.accuracy >= ds.classifier_floor else " [red](below floor)[/]"
-        t.add_row(m, f"{c.accuracy:.3f}{ok}", f"{ds.classifier_floor}")
-    console.print(t)
-    console.print(f"cached in {classifier_dir(ds, cache_dir, epochs)}")
+    console.print(classifiers_table(dataset, result, ds.classifier_floor))
+    console.print(Text(f"cached in {classifier_dir(ds, cache_dir, epochs)}"))
 
 
 # == data: fetch and check published datasets (issue 4) =====================================
@@ -342,7 +324,7 @@ def data_fetch(
     """Download a published dataset into --data-dir, with checksums; resumes partial files."""
     entry, folder = _data_entry(name, data_dir, "fetch")
     if folder is None:
-        console.print(f"{name} is built in: it needs no download")
+        console.print(Text(f"{name} is built in: it needs no download"))
         return
     if entry.fetch is None:
         raise BenchError(f"dataset '{name}' provides no download; see `mmvae-bench datasets`")
@@ -363,25 +345,17 @@ def data_check(
 
     Exits 2 when any problem is found, 0 when the files are sound.
     """
-    from rich.markup import escape
-    from rich.text import Text
-
     entry, folder = _data_entry(name, data_dir, "check")
     if folder is None:
-        console.print(f"{name} is built in: nothing to check")
+        console.print(Text(f"{name} is built in: nothing to check"))
         return
     if entry.check is None:
         raise BenchError(f"dataset '{name}' provides no check")
     problems = entry.check(folder)
     if not problems:
-        console.print(f"{name} in {folder}: no problems found", markup=False)
+        console.print(Text(f"{name} in {folder}: no problems found"))
         return
-    t = Table(title=escape(f"{name} in {folder}: {len(problems)} problem(s)"))
-    t.add_column("#", justify="right")
-    t.add_column("problem", overflow="fold")
-    for i, problem in enumerate(problems, 1):
-        t.add_row(str(i), Text(problem))  # Text: a path in brackets is not markup
-    console.print(t)
+    console.print(problems_table(f"{name} in {folder}: {len(problems)} problem(s)", problems))
     raise BenchError(f"{len(problems)} problem(s) with {name} in {folder}")
 
 
@@ -418,7 +392,6 @@ def evaluate(
     which one produced the metrics.
     """
     import torch
-    from rich.markup import escape
 
     from mmvae_bench.runner import evaluate_run, fid_settings, resolve_device
 
@@ -429,14 +402,14 @@ def evaluate(
     record = evaluate_run(
         run_dir,
         _registry(plugin),
-        protocol="quick" if quick else protocol,
+        protocol=protocol_choice(quick, protocol) if quick or protocol else None,
         fid=settings,
         classifier_weights=classifier_weights,
         sampler=sampler,
         refit_sampler=refit_sampler,
         device=resolve_device(device),
         threads=threads,
-        status=lambda m: console.print(f"[dim]{escape(m)}"),
+        status=say,
     )
     print_record(record, Path(run_dir))
 
@@ -467,16 +440,7 @@ def leaderboard_build(
         command=f"mmvae-bench leaderboard build --runs {runs} --out {out}",
         figures=figures,
     )
-    for ds, paths in report.written.items():
-        console.print(f"{ds}: " + ", ".join(str(p) for p in paths))
-    console.print(f"{report.used} runs used, {len(report.skipped)} records skipped")
-    if report.skipped:
-        t = Table(title="skipped records (not averaged)")
-        t.add_column("record")
-        t.add_column("reason")
-        for s in report.skipped:
-            t.add_row(s.path, s.reason)
-        err_console.print(t)
+    leaderboard_build_report(report)
 
 
 @leaderboard_app.command("show")
@@ -490,19 +454,7 @@ def leaderboard_show(
     """Print a built leaderboard as tables (one per protocol)."""
     from mmvae_bench.leaderboard import load_leaderboard, table
 
-    board = load_leaderboard(out, dataset)
-    for version, p in sorted(board["protocols"].items()):
-        headers, body = table(board, version)
-        label = f": {p['label']}" if p.get("label") else ""
-        t = Table(title=f"{dataset}, protocol {version}{label}")
-        for i, h in enumerate(headers):
-            t.add_column(h, justify="left" if i < 2 else "right")
-        for row in body:
-            t.add_row(*row)
-        console.print(t)
-    for s in board["skipped"]:
-        err_console.print(f"[yellow]skipped[/] {s['path']}: {s['reason']}", highlight=False)
-    console.print(f"legend and figures: {out / (dataset + '.md')}")
+    leaderboard_tables(dataset, load_leaderboard(out, dataset), table, out)
 
 
 # == end leaderboard =========================================================================
@@ -641,7 +593,7 @@ def sweep(
     cfg = sweeps.sweep_config(values, registry)  # every check before Ray is imported
     from mmvae_bench.tune import run_sweep
 
-    summary = run_sweep(cfg, status=lambda m: console.print(f"[dim]{m}"))
+    summary = run_sweep(cfg, status=say)
     print_sweep(summary)
 
 
@@ -652,44 +604,6 @@ def _sweep_fid(fid: bool | None, extractor: str | None, weights: Path | None) ->
     if fid is None and not (extractor or weights):
         return None
     return fid_choice(bool(fid), extractor, weights)
-
-
-def print_sweep(summary: Any) -> None:
-    """Rich tables of a sweep: every trial, then the best grid point per metric."""
-    trials = summary.trials
-    metrics = sorted({k for t in trials for k in t.metrics})
-    t = Table(title=f"sweep {summary.name}: {len(trials)} trials")
-    for col in (*summary.axes, "seed", "status", "node", *metrics):
-        t.add_column(col, justify="right" if col in metrics else "left")
-    t.add_column("error (full text in sweep.json)", max_width=48, no_wrap=True)
-    style = {"ok": "green", "failed": "red", "unfinished": "yellow"}
-    for tr in trials:
-        status = f"[{style[tr.status]}]{tr.status}[/]" + (" (reused)" if tr.reused else "")
-        t.add_row(
-            *(str(tr.params[a]) for a in summary.axes),
-            str(tr.seed),
-            status,
-            tr.node_ip or "",
-            *(f"{tr.metrics[m]:.3f}" if m in tr.metrics else "" for m in metrics),
-            tr.error or "",
-        )
-    console.print(t)
-    if summary.best:
-        b = Table(title="best config per metric (mean ± std over finished seeds)")
-        for col in ("metric", "config", "value", "seeds"):
-            b.add_column(col)
-        for m, best in summary.best.items():
-            config = ", ".join(f"{k}={v}" for k, v in best["params"].items()) or "(no grid)"
-            value = f"{best['mean']:.3f} ± {best['std']:.3f}"
-            b.add_row(m, config, value, f"{best['seeds']}/{best['of']}")
-        console.print(b)
-    counts = {s: sum(tr.status == s for tr in trials) for s in ("ok", "failed", "unfinished")}
-    console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f" in {summary.wall_s:.0f} s")
-    if counts["unfinished"]:
-        console.print(f"continue with: --resume --name {summary.name}")
-    console.print(f"summary: {summary.path / 'sweep.json'}")
-    if summary.heatmap:
-        console.print(f"heat map: {summary.heatmap}")
 
 
 # == end sweep ===============================================================================
@@ -746,10 +660,10 @@ def bench(
         hmc_model=hmc_model,
     )
     path = out or Path("benchmarks/perf") / f"{'quick' if quick else 'full'}-{dev.type}.json"
-    record = run_bench(settings, registry, out=path, progress=lambda m: console.print(f"[dim]{m}"))
+    record = run_bench(settings, registry, out=path, progress=say)
     for t in tables(record):
         console.print(t)
-    console.print(f"record: {path} ({record['wall_s']:.0f} s)")
+    console.print(Text(f"record: {path} ({record['wall_s']:.0f} s)"))
 
 
 # == end bench ===============================================================================

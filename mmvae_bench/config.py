@@ -15,6 +15,8 @@ import tomllib
 from mmvae_bench.errors import BenchError
 
 __all__ = [
+    "MAX_SEED",
+    "ProtocolName",
     "RunConfig",
     "coerce_value",
     "config_fields",
@@ -28,6 +30,9 @@ Device = Literal["cpu", "cuda", "auto"]
 Precision = Literal["no", "bf16", "fp16"]
 SamplerKind = Literal["prior", "gmm", "flow"]  # latent samplers, see mmvae_bench.samplers
 FIDKind = Literal["classifier", "inception"]  # FID feature extractors, see eval/fid.py
+ProtocolName = Literal["full", "quick"]  # evaluation protocols, see eval/protocol.py
+# Seeds reach torch, NumPy and scikit-learn; the last two take 0 <= seed < 2**32.
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,7 +62,9 @@ class RunConfig:
         fid: FID feature extractor for the evaluation after training (``classifier`` or
             ``inception``); None: no FID (``mmvae-bench evaluate --fid`` adds it later).
         inception_weights: the Inception v3 weights file, for ``fid="inception"``.
-        run_id: fixed run id (default: model-dataset-seed-timestamp).
+        run_id: fixed run id (default: model-dataset-seed-timestamp), a single safe path
+            component (letters, digits, ``. _ + = -``).
+        plugins: ``--plugin`` files the run loads (recorded with their sha256).
     """
 
     model: str
@@ -66,7 +73,7 @@ class RunConfig:
     device: Device = "auto"
     threads: int = 1
     out: Path = Path("runs")
-    protocol: str = "standard"
+    protocol: ProtocolName = "full"
     data_dir: Path | None = None
     cache_dir: Path = Path(".cache/mmvae-bench")
     epochs: Mapping[str, int] = field(default_factory=dict)
@@ -79,8 +86,23 @@ class RunConfig:
     fid: FIDKind | None = None
     inception_weights: Path | None = None
     run_id: str | None = None
+    plugins: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
+        for name in ("model", "dataset", "device", "protocol", "precision"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise BenchError(f"{name} must be a string, got {value!r}")
+        for name, typ in (("device", Device), ("protocol", ProtocolName), ("precision", Precision)):
+            coerce_value(name, getattr(self, name), typ)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise BenchError(f"seed must be an integer, got {self.seed!r}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise BenchError(f"seed must be in 0..{MAX_SEED} (2**32 - 1), got {self.seed}")
+        if self.run_id is not None:
+            from mmvae_bench.names import check_name
+
+            check_name(self.run_id, "run id")
         if self.threads < 1:
             raise BenchError(f"threads must be >= 1, got {self.threads}")
         if self.sampler not in typing.get_args(SamplerKind):

@@ -20,12 +20,15 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
     """Write ``path`` through ``write(fileobj)`` so that readers see the old or the new file.
 
     The data goes to a temp file in the same folder, is flushed and fsynced, then renamed over
-    ``path``; on any error the temp file is removed and ``path`` is untouched.
+    ``path``; on any error the temp file is removed and ``path`` is untouched. The file gets
+    the permissions of any new file (``0o666`` less the umask), not ``mkstemp``'s private
+    ``0o600``: colleagues on a shared filesystem read each other's records.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -38,6 +41,13 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
             pass
         raise
     return path
+
+
+def _umask() -> int:
+    # The umask can only be read by setting it; set it straight back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_json(path: Path, obj: Any) -> Path:

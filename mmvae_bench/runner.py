@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 import traceback
@@ -20,8 +21,9 @@ from accelerate import Accelerator
 from mmvae_bench.config import RunConfig, make_config
 from mmvae_bench.data.spec import DataOptions, MultimodalDataset
 from mmvae_bench.errors import BenchError
+from mmvae_bench.eval.classifiers import get_classifiers
 from mmvae_bench.eval.evaluate import evaluate_model
-from mmvae_bench.eval.protocol import FID, get_protocol
+from mmvae_bench.eval.protocol import FID, Protocol, get_protocol
 from mmvae_bench.flows import compile_kernels
 from mmvae_bench.io import atomic_torch_save, load_tensors
 from mmvae_bench.model import ModelConfig, ModelEntry, MultimodalVAE
@@ -31,31 +33,31 @@ from mmvae_bench.results import (
     COND_GRID,
     PRIOR_GRID,
     SCHEMA_VERSION,
+    PluginFile,
+    RunRecord,
+    StageRecord,
     environment,
+    file_sha256,
     now,
-    read_record,
-    write_record,
 )
-from mmvae_bench.samplers import (
-    SAMPLER_FILE,
-    LatentSampler,
-    fit_sampler,
-    load_or_fit_sampler,
-    save_sampler,
-)
-from mmvae_bench.train import TrainSettings, compile_submodules, train
+from mmvae_bench.rundir import CHECKPOINT_FILE, SAMPLER_FILE, Mode, claim_run_dir, locked
+from mmvae_bench.samplers import LatentSampler, load_or_fit_sampler
+from mmvae_bench.train import StageReport, TrainSettings, compile_submodules, epoch_plan, train
 
 if TYPE_CHECKING:  # fid.py's torch-fidelity import costs ~2 s: only when FID is asked for
     from mmvae_bench.eval.fid import FIDSettings
 
 __all__ = [
+    "default_run_id",
     "evaluate_run",
+    "load_checkpoint",
     "fid_settings",
     "load_dataset",
     "load_run",
     "resolve_device",
     "resolve_model_config",
     "run",
+    "save_checkpoint",
 ]
 
 log = logging.getLogger(__name__)
@@ -112,8 +114,10 @@ def run_fid_settings(cfg: RunConfig) -> FIDSettings | None:
     return fid_settings(cfg.fid, cfg.inception_weights)
 
 
-def _run_record(cfg: RunConfig) -> dict[str, Any]:
+def _run_settings(cfg: RunConfig) -> dict[str, Any]:
+    """The run config as given, JSON-able (the record's ``run``)."""
     d = dataclasses.asdict(cfg)
+    d["plugins"] = [str(p) for p in cfg.plugins]
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
 
 
@@ -123,18 +127,33 @@ def _seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+def default_run_id(cfg: RunConfig) -> str:
+    """``<model>-<dataset>-s<seed>-<timestamp>-<4 hex>``: unique without coordination."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"{cfg.model}-{cfg.dataset}-s{cfg.seed}-{stamp}-{uuid.uuid4().hex[:4]}"
+
+
 def run(
     cfg: RunConfig,
     registry: Registry,
     *,
+    mode: Mode = "new",
     progress: bool = True,
     status: Status | None = None,
     on_epoch: Callable[[str, int, dict[str, float]], None] | None = None,
-) -> dict[str, Any]:
+    command: list[str] | None = None,
+) -> RunRecord:
     """Train and evaluate one model on one dataset; returns the written record.
 
-    The record (``<out>/<run-id>/results.json``) is written atomically at the end; a run that
-    fails after its folder exists leaves a record with ``status: "failed"`` and the error.
+    Everything that can be checked is checked before the run folder is claimed (names,
+    protocol, device, FID weights, classifier weights, the dataset, the model config, the
+    ``--epochs`` stage names), so a bad option leaves nothing behind. Then the folder
+    ``<out>/<run-id>/`` is claimed (:func:`mmvae_bench.rundir.claim_run_dir`: an existing run
+    id is an error unless ``mode`` is ``overwrite`` or ``resume``) and the record is written at
+    once (``running``), after every stage (with the checkpoint), after training (``trained``)
+    and at the end (``ok``), each time atomically. A run that fails leaves ``failed`` with the
+    error; ``mode="resume"`` continues it from its last finished stage, or only evaluates it
+    when training had finished.
     """
     say = status or (lambda msg: None)
     torch.set_num_threads(cfg.threads)
@@ -142,38 +161,103 @@ def run(
     protocol = get_protocol(cfg.protocol)
     device = resolve_device(cfg.device)
     fid = run_fid_settings(cfg)
+    plugins = [_plugin_file(p) for p in cfg.plugins]
     dataset = load_dataset(registry, cfg)
     config = resolve_model_config(entry, dataset, dict(cfg.overrides))
-    run_id = cfg.run_id or (
-        f"{cfg.model}-{cfg.dataset}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-        f"-{uuid.uuid4().hex[:4]}"
-    )
-    run_dir = Path(cfg.out) / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    record: dict[str, Any] = {
-        "schema": SCHEMA_VERSION,
-        "run_id": run_id,
-        "status": "running",
-        "model": cfg.model,
-        "dataset": cfg.dataset,
-        "seed": cfg.seed,
-        "config": dataclasses.asdict(config),
-        "run": _run_record(cfg),
-        "protocol": protocol.as_record(),
-        "environment": environment(device, cfg.threads),
-        "dataset_info": {
-            "train": len(dataset.train),
-            "test": len(dataset.test),
-            **{k: v for k, v in dataset.info.items()},
-        },
-        "stages": {},
-        "metrics": {},
-        "timings": {},
-        "created": now(),
-    }
+    _seed_everything(cfg.seed)
+    model = entry.cls(dataset, config)
+    plan = epoch_plan(model.stages, cfg.epochs)
+    if cfg.evaluate and cfg.classifier_weights is not None:
+        # Published or user weights: present and above the floor now, not after training.
+        get_classifiers(
+            dataset, Path(cfg.cache_dir), device=device, weights_dir=cfg.classifier_weights
+        )
+    run_id = cfg.run_id or default_run_id(cfg)
+    claimed = claim_run_dir(Path(cfg.out), run_id, mode)
     try:
-        _seed_everything(cfg.seed)
-        model = entry.cls(dataset, config)
+        return _run_claimed(
+            cfg,
+            claimed.path,
+            mode=mode,
+            entry=entry,
+            model=model,
+            dataset=dataset,
+            plan=plan,
+            protocol=protocol,
+            device=device,
+            fid=fid,
+            plugins=plugins,
+            command=command,
+            registry=registry,
+            say=say,
+            progress=progress,
+            on_epoch=on_epoch,
+        )
+    finally:
+        claimed.release()
+
+
+def _plugin_file(path: Path) -> PluginFile:
+    path = Path(path).expanduser().resolve()
+    try:
+        return PluginFile(path=str(path), sha256=file_sha256(path))
+    except OSError as e:
+        raise BenchError(f"plugin file {path} is unreadable: {e.strerror or e}") from None
+
+
+def _run_claimed(
+    cfg: RunConfig,
+    run_dir: Path,
+    *,
+    mode: Mode,
+    entry: ModelEntry,
+    model: MultimodalVAE,
+    dataset: MultimodalDataset,
+    plan: dict[str, int],
+    protocol: Protocol,
+    device: torch.device,
+    fid: FIDSettings | None,
+    plugins: list[PluginFile],
+    command: list[str] | None,
+    registry: Registry,
+    say: Status,
+    progress: bool,
+    on_epoch: Callable[[str, int, dict[str, float]], None] | None,
+) -> RunRecord:
+    fresh = RunRecord(
+        schema=SCHEMA_VERSION,
+        run_id=run_dir.name,
+        status="running",
+        model=cfg.model,
+        dataset=cfg.dataset,
+        seed=cfg.seed,
+        config=_jsonable_config(model.config),
+        run=_run_settings(cfg),
+        protocol=protocol.as_record(),
+        environment=environment(device, cfg.threads),
+        created=now(),
+        epochs=plan,
+        uid=uuid.uuid4().hex,
+        plugins=plugins,
+        command=command,
+        dataset_info={"train": len(dataset.train), "test": len(dataset.test), **dataset.info},
+    )
+    done: list[str] = []
+    rng_state = None
+    record = fresh
+    if mode == "resume":
+        record, done, rng_state = _resume_point(run_dir, fresh, model)
+        if record.status == "ok":
+            say(f"run {record.run_id} is already complete; nothing to resume")
+            return record
+        record.status = "running"
+        record.error = record.traceback = None
+        record.resumed.append(
+            {"at": now(), "stages_done": list(done), "environment": fresh.environment}
+        )
+        say(f"resuming {record.run_id} after stage(s) {', '.join(done) or '(none)'}")
+    record.save(run_dir)
+    try:
         accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=cfg.precision)
         model.to(accelerator.device)
         # RunConfig.compile: the nets through torch.compile, and HMC's flow kernels (DESIGN §8).
@@ -181,37 +265,50 @@ def run(
         if cfg.compile:
             compile_submodules(model)
 
-        def checkpoint(stage: str) -> None:
-            save_checkpoint(run_dir / "checkpoint.pt", model, cfg, stage)
+        def stage_done(report: StageReport, rng: dict[str, Any]) -> None:
+            # Record first, checkpoint second: a resume trusts the checkpoint's stage list.
+            record.stages[report.name] = StageRecord(**dataclasses.asdict(report))
+            record.timings["train_s"] = sum(s.wall_s for s in record.stages.values())
+            record.save(run_dir)
+            done.append(report.name)
+            save_checkpoint(run_dir / CHECKPOINT_FILE, model, record, done, rng)
 
-        say(f"training {cfg.model} on {cfg.dataset} ({len(dataset.train)} samples) on {device}")
-        t0 = time.perf_counter()
-        reports = train(
-            model,
-            dataset,
-            accelerator,
-            TrainSettings(
-                epochs=cfg.epochs, precision=cfg.precision, progress=progress, seed=cfg.seed
-            ),
-            checkpoint=checkpoint,
-            on_epoch=on_epoch,
-        )
-        record["stages"] = {r.name: dataclasses.asdict(r) for r in reports}
-        record["timings"]["train_s"] = time.perf_counter() - t0
+        if not record.trained:
+            say(f"training {cfg.model} on {cfg.dataset} ({len(dataset.train)} samples) on {device}")
+            train(
+                model,
+                dataset,
+                accelerator,
+                TrainSettings(
+                    epochs=plan, precision=cfg.precision, progress=progress, seed=cfg.seed
+                ),
+                checkpoint=stage_done,
+                on_epoch=on_epoch,
+                done=tuple(done),
+                rng_state=rng_state,
+            )
+            record.timings["train_s"] = sum(s.wall_s for s in record.stages.values())
+        model.eval().requires_grad_(False)
+        record.status = "trained"
+        record.save(run_dir)
         # The latent sampler is part of the trained run: fitted once, saved beside the weights.
         t1 = time.perf_counter()
         if cfg.sampler != "prior":
             say(f"fitting the {cfg.sampler} latent sampler on the training set's embeddings")
-        sampler = fit_sampler(
-            cfg.sampler, model, dataset.train, device=accelerator.device, seed=cfg.seed
+        sampler, _ = load_or_fit_sampler(
+            run_dir / SAMPLER_FILE,
+            cfg.sampler,
+            model,
+            dataset.train,
+            device=accelerator.device,
+            seed=cfg.seed,
         )
-        save_sampler(run_dir / SAMPLER_FILE, sampler)
-        record["sampler"] = {**sampler.info, "file": SAMPLER_FILE}
-        record["timings"]["sampler_s"] = time.perf_counter() - t1
+        record.sampler = {**sampler.info, "file": SAMPLER_FILE}
+        record.timings["sampler_s"] = time.perf_counter() - t1
         if cfg.evaluate:
             t1 = time.perf_counter()
             say(f"evaluating ({protocol.name} protocol)")
-            record["metrics"] = evaluate_model(
+            record.metrics = evaluate_model(
                 model,
                 dataset,
                 protocol,
@@ -224,22 +321,66 @@ def run(
                 seed=cfg.seed,
                 latent_sampler=sampler.sample,
             )
-            record["timings"]["eval_s"] = time.perf_counter() - t1
-            record["figures"] = _sample_grids(model, dataset, run_dir, sampler, device)
+            record.timings["eval_s"] = time.perf_counter() - t1
+            record.figures = _sample_grids(model, dataset, run_dir, sampler, device)
         else:
             sample_grid(model, dataset.test, run_dir / COND_GRID, device=str(device))
-        record["status"] = "ok"
+        record.status = "ok"
     except BaseException as e:
-        record["status"] = "failed"
-        record["error"] = f"{type(e).__name__}: {e}"
+        record.status = "failed"
+        record.error = f"{type(e).__name__}: {e}"
         if not isinstance(e, BenchError):
-            record["traceback"] = traceback.format_exc()
-        record["finished"] = now()
-        write_record(run_dir, record)
+            record.traceback = traceback.format_exc()
+        record.finished = now()
+        record.save(run_dir)
         raise
-    record["finished"] = now()
-    write_record(run_dir, record)
+    record.finished = now()
+    record.save(run_dir)
     return record
+
+
+def _jsonable_config(config: ModelConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def _resume_point(
+    run_dir: Path, fresh: RunRecord, model: MultimodalVAE
+) -> tuple[RunRecord, list[str], dict[str, Any] | None]:
+    """The record to continue, its finished stages (weights loaded into ``model``), RNG states.
+
+    The run must have been started with the same model, dataset, seed, config and epochs; the
+    checkpoint must be this record's (its ``uid``). Stages are taken as finished when the
+    checkpoint lists them (the record is saved before the checkpoint, so it may list one more).
+    """
+    old = RunRecord.load(run_dir)
+    differ = [
+        name
+        for name, a, b in (
+            ("model", old.model, fresh.model),
+            ("dataset", old.dataset, fresh.dataset),
+            ("seed", old.seed, fresh.seed),
+            ("config", old.config, fresh.config),
+            ("epochs", old.epochs, fresh.epochs),
+            ("precision", old.run.get("precision"), fresh.run.get("precision")),
+        )
+        if a != b
+    ]
+    if differ:
+        raise BenchError(
+            f"run '{old.run_id}' was started with another {', '.join(differ)}; resume it with "
+            "the same settings, or replace it with --overwrite"
+        )
+    if old.status == "ok":
+        return old, list(old.stages), None
+    path = run_dir / CHECKPOINT_FILE
+    if not path.is_file():
+        old.stages = {}
+        return old, [], None
+    blob = load_checkpoint(path, old)
+    done = [s for s in blob["stages"] if s in old.epochs]
+    old.stages = {k: v for k, v in old.stages.items() if k in done}
+    _load_weights(model, blob, path)
+    return old, done, blob.get("rng")
 
 
 def _sample_grids(
@@ -259,40 +400,116 @@ def _sample_grids(
     }
 
 
-def save_checkpoint(path: Path, model: MultimodalVAE, cfg: RunConfig, stage: str) -> Path:
-    """Atomically save weights, config and registry names (loadable with weights_only)."""
+CHECKPOINT_FORMAT = 2  # 1: mmvae-bench <= 0.1 (no uid, stages or random states)
+
+
+def save_checkpoint(
+    path: Path,
+    model: MultimodalVAE,
+    record: RunRecord,
+    stages: list[str],
+    rng: dict[str, Any] | None = None,
+) -> Path:
+    """Atomically save weights, config, registry names, finished stages and random states.
+
+    Everything in it is a tensor, a number, a string or a container of those, so it loads with
+    ``weights_only=True``; ``uid`` ties it to its record.
+    """
     return atomic_torch_save(
         path,
         {
-            "model": cfg.model,
-            "dataset": cfg.dataset,
-            "config": dataclasses.asdict(model.config),
-            "stage": stage,
+            "format": CHECKPOINT_FORMAT,
+            "model": record.model,
+            "dataset": record.dataset,
+            "run_id": record.run_id,
+            "uid": record.uid,
+            "config": record.config,
+            "stage": stages[-1] if stages else None,
+            "stages": list(stages),
+            "rng": rng,
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         },
     )
 
 
+def load_checkpoint(path: Path, record: RunRecord) -> dict[str, Any]:
+    """Read ``path`` (``weights_only``) and check it is ``record``'s checkpoint.
+
+    Raises:
+        BenchError: not a checkpoint of mmvae-bench (a bare tensor, another layout), or one of
+            another model, config or run than ``record``.
+    """
+    blob = load_tensors(path, what="checkpoint")
+    if not isinstance(blob, dict) or not isinstance(blob.get("state_dict"), dict):
+        raise BenchError(
+            f"checkpoint {path} is not an mmvae-bench checkpoint (expected a dict with "
+            f"'model', 'config' and 'state_dict'; got {type(blob).__name__})"
+        )
+    if blob.get("model") != record.model:
+        raise BenchError(
+            f"checkpoint {path} holds model {blob.get('model')!r}, its record says {record.model!r}"
+        )
+    if blob.get("config") != record.config:
+        raise BenchError(f"checkpoint {path} was saved with another config than its record's")
+    if record.uid is not None and blob.get("uid") != record.uid:
+        raise BenchError(
+            f"checkpoint {path} belongs to another run than its record (a rerun with the same "
+            "run id?); evaluate refuses to mix them: rerun with --overwrite"
+        )
+    if "stages" not in blob:  # format 1 named only the last finished stage
+        names = list(record.stages)
+        last = blob.get("stage")
+        blob["stages"] = names[: names.index(last) + 1] if last in names else []
+    return blob
+
+
+def _load_weights(model: MultimodalVAE, blob: dict[str, Any], path: Path) -> None:
+    try:
+        model.load_state_dict(blob["state_dict"])
+    except (RuntimeError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BenchError(
+            f"checkpoint {path} does not fit the model its config builds: {first}"
+        ) from None
+
+
 def load_run(
     run_dir: Path, registry: Registry, *, device: torch.device | None = None
-) -> tuple[MultimodalVAE, MultimodalDataset, dict[str, Any]]:
-    """Rebuild a trained model from ``run_dir`` through the registry (weights_only load)."""
+) -> tuple[MultimodalVAE, MultimodalDataset, RunRecord]:
+    """Rebuild a trained model from ``run_dir`` through the registry (weights_only load).
+
+    Raises:
+        BenchError: the record is invalid, training had not finished, or the checkpoint is
+            not this record's or does not fit its config.
+    """
     run_dir = Path(run_dir)
-    record = read_record(run_dir)
-    blob = load_tensors(run_dir / "checkpoint.pt", what="checkpoint")
-    entry = registry.model(blob["model"])
-    rc = record["run"]
+    record = RunRecord.load(run_dir)
+    if not record.trained:
+        raise BenchError(
+            f"run {run_dir} has not finished training (status {record.status!r}); continue "
+            f"it with `mmvae-bench run {record.model} --run-id {record.run_id} --resume ...`"
+        )
+    path = run_dir / CHECKPOINT_FILE
+    blob = load_checkpoint(path, record)
+    missing = [s for s in record.epochs if s not in blob["stages"]]
+    if missing:
+        raise BenchError(
+            f"checkpoint {path} lacks stage(s) {missing}: it is from an unfinished run; "
+            f"continue it with `mmvae-bench run {record.model} --run-id {record.run_id} --resume`"
+        )
+    entry = registry.model(record.model)
+    rc = record.run
     cfg = RunConfig(
-        model=blob["model"],
-        dataset=blob["dataset"],
-        seed=record["seed"],
+        model=record.model,
+        dataset=record.dataset,
+        seed=record.seed,
         data_dir=Path(rc["data_dir"]) if rc.get("data_dir") else None,
-        cache_dir=Path(rc["cache_dir"]),
+        cache_dir=Path(rc.get("cache_dir") or ".cache/mmvae-bench"),
     )
     dataset = load_dataset(registry, cfg)
-    config = make_config(entry.config, blob["config"])
+    config = make_config(entry.config, record.config)
     model = entry.cls(dataset, config)
-    model.load_state_dict(blob["state_dict"])
+    _load_weights(model, blob, path)
     model.to(device or torch.device("cpu")).eval().requires_grad_(False)
     return model, dataset, record
 
@@ -309,73 +526,83 @@ def evaluate_run(
     device: torch.device | None = None,
     threads: int = 1,
     status: Status | None = None,
-) -> dict[str, Any]:
-    """Re-evaluate a finished run from its checkpoint; update its record atomically.
+) -> RunRecord:
+    """Re-evaluate a trained run from its checkpoint; update its record atomically.
 
-    The metrics are replaced, the protocol updated (default: the run's), an entry appended to
-    ``evaluations``, and the sample grids redrawn. The latent sampler is loaded from
-    ``sampler.pt`` when it is of the requested kind (default: the run's), else fitted with the
-    run's seed and saved. Sampling is seeded by the run's seed: evaluating twice gives the same
-    numbers. Returns the updated record.
+    The run folder is locked for the evaluation (a run still writing it is an error). A run
+    whose training finished but whose evaluation did not (killed, or failed while evaluating)
+    is evaluated too and becomes ``ok``. The metrics are replaced, the protocol updated
+    (default: the run's), an entry appended to ``evaluations``, and the sample grids redrawn.
+    The latent sampler is loaded from ``sampler.pt`` when it is of the requested kind
+    (default: the run's), else fitted with the run's seed and saved. Sampling is seeded by the
+    run's seed: evaluating twice gives the same numbers. Returns the updated record.
     """
     say = status or (lambda msg: None)
     dev = device or torch.device("cpu")
-    state = read_record(run_dir)["status"]
-    if state != "ok":  # a failed run's checkpoint may be from an unfinished stage
-        raise BenchError(f"run {run_dir} has status {state!r}; only completed runs are evaluated")
-    model, dataset, record = load_run(run_dir, registry, device=dev)
-    proto = get_protocol(protocol or record["protocol"]["name"])
-    sampler_kind = sampler or (record.get("sampler") or {}).get("kind", "prior")
-    latent, refitted = load_or_fit_sampler(
-        Path(run_dir) / SAMPLER_FILE,
-        sampler_kind,
-        model,
-        dataset.train,
-        device=dev,
-        seed=record["seed"],
-        refit=refit_sampler,
-    )
-    # Seeded by the run's seed: evaluating a checkpoint twice gives the same numbers.
-    torch.manual_seed(record["seed"])
-    if dev.type == "cuda":
-        torch.cuda.manual_seed_all(record["seed"])
-    say(f"evaluating {record['run_id']} ({proto.name} protocol) on {dev}")
-    t0 = time.perf_counter()
-    metrics = evaluate_model(
-        model,
-        dataset,
-        proto,
-        cache_dir=Path(record["run"]["cache_dir"]),
-        device=dev,
-        progress=say,
-        registry=registry,
-        classifier_weights=classifier_weights,
-        fid=fid,
-        seed=record["seed"],
-        latent_sampler=latent.sample,
-    )
-    wall_s = time.perf_counter() - t0
-    figures = _sample_grids(model, dataset, Path(run_dir), latent, dev)
-    previous = record["protocol"].get("version")
-    previous_sampler = (record.get("sampler") or {}).get("kind", "prior")
-    record["metrics"] = metrics
-    record["sampler"] = {**latent.info, "file": SAMPLER_FILE}
-    record["figures"] = figures
-    record["protocol"] = proto.as_record()
-    record.setdefault("timings", {})["eval_s"] = wall_s
-    record.setdefault("evaluations", []).append(
-        {
-            "at": now(),
-            "protocol": proto.version,
-            "previous_protocol": previous,
-            "classifier_weights": str(classifier_weights) if classifier_weights else None,
-            "sampler": {"kind": latent.kind, "previous": previous_sampler, "fitted": refitted},
-            "fid": None
-            if fid is None
-            else {"kind": fid.extractor, "extractors": sorted(metrics.get(FID, {}))},
-            "wall_s": wall_s,
-            "environment": environment(dev, threads),
-        }
-    )
-    write_record(run_dir, record)
+    with locked(Path(run_dir)):
+        model, dataset, record = load_run(run_dir, registry, device=dev)
+        proto = get_protocol(protocol or record.protocol.get("name", "full"))
+        if classifier_weights is not None:
+            get_classifiers(
+                dataset,
+                Path(record.run.get("cache_dir") or ".cache/mmvae-bench"),
+                device=dev,
+                weights_dir=classifier_weights,
+            )
+        sampler_kind = sampler or record.sampler_kind
+        latent, refitted = load_or_fit_sampler(
+            Path(run_dir) / SAMPLER_FILE,
+            sampler_kind,
+            model,
+            dataset.train,
+            device=dev,
+            seed=record.seed,
+            refit=refit_sampler,
+        )
+        # Seeded by the run's seed: evaluating a checkpoint twice gives the same numbers.
+        torch.manual_seed(record.seed)
+        if dev.type == "cuda":
+            torch.cuda.manual_seed_all(record.seed)
+        say(f"evaluating {record.run_id} ({proto.name} protocol) on {dev}")
+        t0 = time.perf_counter()
+        metrics = evaluate_model(
+            model,
+            dataset,
+            proto,
+            cache_dir=Path(record.run.get("cache_dir") or ".cache/mmvae-bench"),
+            device=dev,
+            progress=say,
+            registry=registry,
+            classifier_weights=classifier_weights,
+            fid=fid,
+            seed=record.seed,
+            latent_sampler=latent.sample,
+        )
+        wall_s = time.perf_counter() - t0
+        figures = _sample_grids(model, dataset, Path(run_dir), latent, dev)
+        previous = record.protocol.get("version")
+        previous_sampler = record.sampler_kind
+        record.metrics = metrics
+        record.sampler = {**latent.info, "file": SAMPLER_FILE}
+        record.figures = figures
+        record.protocol = proto.as_record()
+        record.timings["eval_s"] = wall_s
+        if record.status != "ok":
+            record.status, record.error, record.traceback = "ok", None, None
+            record.finished = now()
+        record.evaluations.append(
+            {
+                "at": now(),
+                "protocol": proto.version,
+                "previous_protocol": previous,
+                "classifier_weights": str(classifier_weights) if classifier_weights else None,
+                "sampler": {"kind": latent.kind, "previous": previous_sampler, "fitted": refitted},
+                "fid": None
+                if fid is None
+                else {"kind": fid.extractor, "extractors": sorted(metrics.get(FID, {}))},
+                "wall_s": wall_s,
+                "environment": environment(dev, threads),
+            }
+        )
+        record.save(run_dir)
     return record

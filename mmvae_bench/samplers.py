@@ -43,6 +43,7 @@ from mmvae_bench.data.spec import Split, iter_batches
 from mmvae_bench.errors import BenchError
 from mmvae_bench.io import atomic_torch_save, load_tensors
 from mmvae_bench.model import MultimodalVAE
+from mmvae_bench.rundir import SAMPLER_FILE
 from mmvae_bench.threads import native_threads
 
 __all__ = [
@@ -65,7 +66,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SAMPLER_FILE = "sampler.pt"
 SAMPLER_KINDS: tuple[str, ...] = get_args(SamplerKind)
 _FORMAT = 1  # version of the sampler.pt layout
 

@@ -34,7 +34,9 @@ from mmvae_bench.config import (
 from mmvae_bench.errors import BenchError
 from mmvae_bench.eval import protocol as P
 from mmvae_bench.io import atomic_write
+from mmvae_bench.names import check_name
 from mmvae_bench.plugins import Registry
+from mmvae_bench.results import RunRecord
 
 __all__ = [
     "COND_1",
@@ -53,6 +55,7 @@ __all__ = [
     "parse_pairs",
     "sweep_config",
     "sweep_definition",
+    "trial_record",
     "trial_run_config",
     "trial_slug",
     "write_heatmap",
@@ -328,6 +331,7 @@ def sweep_config(values: Mapping[str, Any], registry: Registry) -> SweepConfig:
         fid=fid_extractor(values.get("fid"), values.get("inception_weights")),
         inception_weights=_path_or_none(values, "inception_weights"),
         classifier_weights=_path_or_none(values, "classifier_weights"),
+        plugins=tuple(_abs(p) for p in values.get("plugins", ())),
     )
     P.get_protocol(run.protocol)
     if run.fid == "inception":
@@ -339,11 +343,13 @@ def sweep_config(values: Mapping[str, Any], registry: Registry) -> SweepConfig:
     heatmap = values.get("heatmap")
     if isinstance(heatmap, str):
         heatmap = heatmap.split(",")
+    name = str(values.get("name") or f"{model}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    check_name(name, "sweep name")  # a folder under --storage and the trials' run-id prefix
     return SweepConfig(
         run=run,
         grid=grid,
         seeds=_seeds(values.get("seeds", 1)),
-        name=str(values.get("name") or f"{model}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"),
+        name=name,
         storage=_abs(values.get("storage", "sweeps")),
         plugins=tuple(_abs(p) for p in values.get("plugins", ())),
         address=values.get("address") or None,
@@ -406,9 +412,9 @@ def _fmt(v: Any) -> str:
     return repr(v) if isinstance(v, float) else str(v)
 
 
-def main_metrics(record: Mapping[str, Any]) -> dict[str, float]:
+def main_metrics(record: RunRecord) -> dict[str, float]:
     """A record's headline numbers: ``cond_coherence_<|S|>`` (mean over S) and joint coherence."""
-    m = record.get("metrics", {})
+    m = record.metrics
     by_size = m.get(P.COND_COHERENCE_BY_SIZE, {})
     out = {f"cond_coherence_{k}": float(v["mean"]) for k, v in by_size.items() if "mean" in v}
     if P.JOINT_COHERENCE in m:
@@ -443,7 +449,12 @@ def trial_run_config(config: Mapping[str, Any], plan: Mapping[str, Any]) -> RunC
     """The run of one trial: the sweep's template at this grid point and seed."""
     # The plan is JSON: turn the path fields of RunConfig back into Paths.
     paths = {k for k, t in config_fields(RunConfig).items() if Path in (t, *typing.get_args(t))}
-    base = {k: Path(v) if k in paths and v is not None else v for k, v in plan["run"].items()}
+    base = {
+        k: (tuple(Path(p) for p in v) if isinstance(v, list) else Path(v))
+        if k in paths and v is not None
+        else v
+        for k, v in plan["run"].items()
+    }
     params = {a: config["params"][a] for a in plan["grid"]}
     return RunConfig(
         **{
@@ -455,18 +466,24 @@ def trial_run_config(config: Mapping[str, Any], plan: Mapping[str, Any]) -> RunC
     )
 
 
-def finished_record(cfg: RunConfig) -> dict[str, Any] | None:
-    """The trial's ``ok`` record if this very run finished before (Tune's state can lag)."""
-    path = Path(cfg.out) / str(cfg.run_id) / "results.json"
+def trial_record(cfg: RunConfig) -> RunRecord | None:
+    """The trial's run record, if its folder holds a readable one (else None)."""
     try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        return RunRecord.load(Path(cfg.out) / str(cfg.run_id))
+    except BenchError:
+        return None
+
+
+def finished_record(cfg: RunConfig) -> RunRecord | None:
+    """The trial's ``ok`` record if this very run finished before (Tune's state can lag)."""
+    record = trial_record(cfg)
+    if record is None or record.status != "ok":
         return None
     keys = ("model", "dataset", "seed", "epochs", "overrides", "protocol", "evaluate", "sampler")
     keys += ("fid", "classifier_weights")
-    ran = record.get("run", {})
+    ran = record.run
     same = all(jsonable(ran.get(k)) == jsonable(getattr(cfg, k)) for k in keys)
-    return record if record.get("status") == "ok" and same else None
+    return record if same else None
 
 
 def best_configs(trials: Sequence[TrialSummary]) -> dict[str, dict[str, Any]]:

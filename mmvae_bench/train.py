@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,14 +23,19 @@ __all__ = [
     "StageReport",
     "TrainSettings",
     "compile_submodules",
+    "epoch_plan",
     "freeze_for_stage",
     "make_adam",
+    "rng_states",
+    "stage_epochs",
     "train",
 ]
 
 log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[str, int, dict[str, float]], None]
+# After a stage: its report and the random states that make a resumed run continue exactly.
+CheckpointCallback = Callable[["StageReport", dict[str, Any]], None]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,6 +68,21 @@ def stage_epochs(stage: Stage, overrides: Mapping[str, int]) -> int:
     if stage.name in overrides:
         return int(overrides[stage.name])
     return int(overrides.get("*", stage.epochs))
+
+
+def epoch_plan(stages: Sequence[Stage], overrides: Mapping[str, int]) -> dict[str, int]:
+    """``{stage: epochs}`` in stage order after ``--epochs`` overrides; checks the names.
+
+    Raises:
+        BenchError: an override names a stage the model does not have.
+    """
+    names = [s.name for s in stages]
+    unknown = [k for k in overrides if k != "*" and k not in names]
+    if unknown:
+        raise BenchError(
+            f"--epochs names unknown stage(s) {unknown}; this model's stages: {', '.join(names)}"
+        )
+    return {s.name: stage_epochs(s, overrides) for s in stages}
 
 
 def freeze_for_stage(model: MultimodalVAE, stage: Stage) -> list[torch.nn.Parameter]:
@@ -144,8 +164,10 @@ def train(
     accelerator: Accelerator,
     settings: TrainSettings,
     *,
-    checkpoint: Callable[[str], None] | None = None,
+    checkpoint: CheckpointCallback | None = None,
     on_epoch: EpochCallback | None = None,
+    done: Sequence[str] = (),
+    rng_state: Mapping[str, Any] | None = None,
 ) -> list[StageReport]:
     """Train ``model`` stage by stage on ``dataset.train``.
 
@@ -154,11 +176,15 @@ def train(
         dataset: its training split is moved to the device once (tensor-resident batches).
         accelerator: device placement, mixed precision and backward.
         settings: epochs overrides, precision, progress, NaN-check interval, seed.
-        checkpoint: called with the stage name after each stage (saves the model).
+        checkpoint: called after each stage with its report and :func:`rng_states` (the
+            runner saves the model, the record and these states).
         on_epoch: called with ``(stage, epoch, metrics)`` after every epoch (Tune reporting).
+        done: stages finished before (a resumed run): skipped; the model holds their weights.
+        rng_state: the random states saved after the last finished stage (a resumed run), so
+            the remaining stages draw the same batches and noise as an uninterrupted run.
 
     Returns:
-        One :class:`StageReport` per stage.
+        One :class:`StageReport` per stage trained now.
 
     Raises:
         NonFiniteLossError: a loss became NaN/inf; names stage, epoch and step.
@@ -167,8 +193,12 @@ def train(
     x = {k: v.to(device, non_blocking=True) for k, v in dataset.train.x.items()}
     n_train = len(dataset.train)
     gen = torch.Generator().manual_seed(settings.seed)
+    if rng_state is not None:
+        _restore_rng(rng_state, gen)
     reports: list[StageReport] = []
     for stage in model.stages:
+        if stage.name in done:
+            continue
         epochs = stage_epochs(stage, settings.epochs)
         batch_size = stage.batch_size or model.config.batch_size
         params = freeze_for_stage(model, stage)
@@ -201,10 +231,25 @@ def train(
             "stage %s: %.1f s, %.0f samples/s", stage.name, report.wall_s, report.samples_per_s
         )
         if checkpoint is not None:
-            checkpoint(stage.name)
+            checkpoint(report, rng_states(gen))
     model.eval()
     model.requires_grad_(False)
     return reports
+
+
+def rng_states(gen: torch.Generator) -> dict[str, Any]:
+    """The batch generator's and torch's global random states (tensors: weights_only-safe)."""
+    states: dict[str, Any] = {"batches": gen.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _restore_rng(states: Mapping[str, Any], gen: torch.Generator) -> None:
+    gen.set_state(states["batches"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def _run_stage(

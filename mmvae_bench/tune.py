@@ -10,9 +10,9 @@ Tune trial (no retries); the others go on, and ``Tuner.fit`` returns it with its
 restores the Tune experiment (``Tuner.restore``), continues unfinished trials and leaves
 finished and failed ones alone. Tune saves its experiment state only every few seconds, so a
 trial whose ``ok`` record already exists reports that record instead of training again: a
-killed driver never costs a finished run. An unfinished trial restarts from scratch (the
-runner has no mid-run resume); its Tune checkpoints are the stage-end weights, kept with the
-experiment.
+killed driver never costs a finished run. An unfinished trial continues its run from the last
+finished stage (``run --resume``); its Tune checkpoints are the stage-end weights, kept with
+the experiment.
 
 The sweep's definition (grid, trials, summary, heat map) is :mod:`mmvae_bench.sweep`, which
 needs no Ray. This is the only module that imports ``ray`` (tests/test_layering.py).
@@ -38,6 +38,7 @@ from ray import tune
 from mmvae_bench.errors import BenchError
 from mmvae_bench.io import atomic_write_json
 from mmvae_bench.plugins import load_registry
+from mmvae_bench.results import RECORD_FILE, RunRecord
 from mmvae_bench.sweep import (
     COND_1,
     STATE_FILE,
@@ -48,6 +49,7 @@ from mmvae_bench.sweep import (
     finished_record,
     main_metrics,
     sweep_definition,
+    trial_record,
     trial_run_config,
     trial_slug,
     write_heatmap,
@@ -151,8 +153,11 @@ def _trial(config: dict[str, Any], plan: dict[str, Any]) -> None:
         return
     reporter = _Reporter(Path(cfg.out) / str(cfg.run_id))
     registry = load_registry(tuple(Path(p) for p in plan["plugins"]))
-    record = run(cfg, registry, progress=False, on_epoch=reporter.epoch)
-    final = {"run_status": record["status"], "run_id": cfg.run_id, "reused": False}
+    # A trial Tune restarts continues its run from the last finished stage (same settings, or
+    # the trial fails naming what differs); a new trial claims a new folder.
+    mode = "resume" if trial_record(cfg) is not None else "new"
+    record = run(cfg, registry, mode=mode, progress=False, on_epoch=reporter.epoch)
+    final = {"run_status": record.status, "run_id": cfg.run_id, "reused": False}
     reporter.report({**final, **main_metrics(record)}, checkpoint=True)
 
 
@@ -284,10 +289,10 @@ def _summarize(cfg: SweepConfig, results: Any, wall_s: float) -> SweepSummary:
     trials: list[TrialSummary] = []
     for params, seed in cfg.trials():
         run_id = cfg.run_id(params, seed)
-        path = Path(cfg.run.out) / run_id / "results.json"
+        path = Path(cfg.run.out) / run_id / RECORD_FILE
         try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+            record: RunRecord | None = RunRecord.load(path)
+        except BenchError:
             record = None
         r = by_id.get(run_id)
         metrics = (r.metrics or {}) if r is not None else {}
@@ -300,14 +305,13 @@ def _summarize(cfg: SweepConfig, results: Any, wall_s: float) -> SweepSummary:
             reused=bool(metrics.get("reused", False)),
             record=str(path) if record else None,
         )
-        if record and record.get("status") == "ok":
+        if record and record.status == "ok":
             t.status, t.metrics = "ok", main_metrics(record)
         elif r is not None and r.error is not None:
             t.status = "failed"
-            t.error = record.get("error") if record else None
-            t.error = t.error or _error_text(r.error)
+            t.error = (record.error if record else None) or _error_text(r.error)
         elif record:
-            t.error = record.get("error")
+            t.error = record.error
         trials.append(t)
     summary = SweepSummary(
         name=cfg.name,

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mmvae_bench.cli import app
-from mmvae_bench.results import RECORD_KEYS
+from mmvae_bench.results import REQUIRED_KEYS
 from tests.tiny import TINY_JNF
 
 runner = CliRunner()
@@ -45,7 +45,7 @@ def test_run_jnf_circles_squares_end_to_end(tmp_path: Path, cache_dir: Path) -> 
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     record = json.loads((tmp_path / "r1" / "results.json").read_text())
-    assert all(k in record for k in RECORD_KEYS)
+    assert all(k in record for k in REQUIRED_KEYS)
     assert record["status"] == "ok"
     assert record["config"]["latent_dim"] == 4 and record["config"]["flow_depth"] == 2
     assert record["protocol"]["name"] == "quick" and record["protocol"]["label"]

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from mmvae_bench.cli import app
 from mmvae_bench.errors import BenchError
-from mmvae_bench.results import RECORD_KEYS
+from mmvae_bench.results import REQUIRED_KEYS
 from tests.tiny import TINY_RUN
 
 runner = CliRunner()
@@ -42,11 +42,11 @@ def _record(run_dir: Path) -> dict:
 @pytest.mark.slow
 def test_evaluate_replaces_metrics_and_appends_history(run_dir: Path) -> None:
     before = _record(run_dir)
-    assert "fid" not in before["metrics"] and "evaluations" not in before
+    assert "fid" not in before["metrics"] and before["evaluations"] == []
     res = runner.invoke(app, ["evaluate", str(run_dir), "--protocol", "quick", "--threads", "1"])
     assert res.exit_code == 0, res.output
     after = _record(run_dir)
-    assert all(k in after for k in RECORD_KEYS) and after["status"] == "ok"
+    assert all(k in after for k in REQUIRED_KEYS) and after["status"] == "ok"
     for key in ("run_id", "seed", "config", "run", "stages", "created", "environment"):
         assert after[key] == before[key], key
     [(name, values)] = after["metrics"]["fid"].items()
@@ -124,9 +124,11 @@ def test_user_errors_exit_2(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "no run record" in res.output
 
 
-def test_a_failed_run_is_not_evaluated(tmp_path: Path) -> None:
-    record = dict.fromkeys(RECORD_KEYS, {})
-    record.update(status="failed", run_id="x", model="jnf", dataset="circles-squares", seed=0)
+def test_a_run_that_failed_in_training_is_not_evaluated(tmp_path: Path) -> None:
+    fixture = Path(__file__).parent / "fixtures" / "records_v1" / "runs" / "failed"
+    record = json.loads((fixture / "results.json").read_text())
+    record["stages"] = {}  # it failed before any stage finished
     (tmp_path / "results.json").write_text(json.dumps(record))
     res = runner.invoke(app, ["evaluate", str(tmp_path), "--no-fid"])
-    assert res.exit_code == 2 and "status 'failed'" in res.output
+    assert res.exit_code == 2 and "has not finished training (status 'failed')" in res.output
+    assert "--resume" in res.output

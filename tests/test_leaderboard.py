@@ -66,7 +66,17 @@ def record(
         },
         "protocol": {"name": version.split("-")[0], "version": version, "label": "test"},
         "environment": {},
-        "stages": {"joint": {"epochs": 1}},
+        "stages": {
+            "joint": {
+                "name": "joint",
+                "epochs": 1,
+                "steps": 1,
+                "samples": 64,
+                "wall_s": train_s,
+                "samples_per_s": 64 / train_s,
+                "loss": {"loss": 1.0},
+            }
+        },
         "metrics": metrics,
         "timings": {"train_s": train_s},
         "created": finished,

@@ -1,0 +1,161 @@
+"""Leaderboards: run records -> ``leaderboards/<dataset>.json`` and ``.md`` with figures.
+
+One row per (model, config without the seed, protocol version, latent sampler): mean ± std over
+seeds and the seed count. Results of different protocols never share a row or a table; FID
+numbers of different extractors never share a column. The latent sampler (``--sampler``: what
+joint coherence and unconditional FID decode) is part of a row's identity and shown in its own
+column, so numbers from different samplers are never averaged together. A record that is
+corrupt, partial, unfinished or not ``ok`` is reported with its reason and skipped, never
+averaged.
+
+The concepts live in their own modules: :mod:`.runs` (records in), :mod:`.rows` (aggregation),
+:mod:`.render` (columns, tables, Markdown), :mod:`.figures`; this module builds and reads the
+files. Every file written is named by a checked dataset name inside ``out``; the previous
+build's figures are removed by the list in its JSON, never by glob.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mmvae_bench.errors import BenchError
+from mmvae_bench.io import atomic_write, atomic_write_json
+from mmvae_bench.leaderboard.figures import figures_of, stale_figures, write_figures
+from mmvae_bench.leaderboard.render import render_markdown, table
+from mmvae_bench.leaderboard.rows import aggregate
+from mmvae_bench.leaderboard.runs import RunSummary, collect_runs, summarize
+from mmvae_bench.names import check_name
+from mmvae_bench.results import Skipped
+
+__all__ = [
+    "LEADERBOARD_VERSION",
+    "BuildReport",
+    "RunSummary",
+    "Skipped",
+    "aggregate",
+    "build_leaderboards",
+    "collect_runs",
+    "leaderboard_path",
+    "load_leaderboard",
+    "render_markdown",
+    "summarize",
+    "table",
+]
+
+log = logging.getLogger(__name__)
+
+LEADERBOARD_VERSION = 1
+
+
+@dataclass
+class BuildReport:
+    """What ``build_leaderboards`` did: files per dataset, runs used, records skipped."""
+
+    written: dict[str, list[Path]]
+    used: int
+    skipped: list[Skipped]
+
+
+def leaderboard_path(out_dir: Path, dataset: str) -> Path:
+    """Where the JSON leaderboard of ``dataset`` lives (a safe name, inside ``out_dir``)."""
+    return Path(out_dir) / f"{check_name(dataset, 'dataset')}.json"
+
+
+def load_leaderboard(out_dir: Path, dataset: str) -> dict[str, Any]:
+    """Read a built leaderboard; a missing or corrupt one is a ``BenchError``."""
+    path = leaderboard_path(out_dir, dataset)
+    if not path.is_file():
+        raise BenchError(
+            f"no leaderboard for '{dataset}' at {path}; run: mmvae-bench leaderboard build "
+            f"--out {out_dir}"
+        )
+    try:
+        board = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BenchError(f"leaderboard {path} is corrupt ({e}); rebuild it") from None
+    if not isinstance(board, dict) or board.get("leaderboard_version") != LEADERBOARD_VERSION:
+        raise BenchError(f"leaderboard {path} has an unknown format; rebuild it")
+    try:
+        for version in board["protocols"]:
+            table(board, version)
+        [(s["path"], s["reason"]) for s in board["skipped"]]
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        why = f"{type(e).__name__}: {e}"
+        raise BenchError(f"leaderboard {path} is malformed ({why}); rebuild it") from None
+    return board
+
+
+def _previous_figures(out_dir: Path, dataset: str) -> set[str]:
+    """The figures the last build of ``dataset`` wrote, from its JSON (empty if unreadable)."""
+    try:
+        return figures_of(json.loads(leaderboard_path(out_dir, dataset).read_text()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return set()
+
+
+def build_leaderboards(
+    runs_dir: Path, out_dir: Path, *, command: str | None = None, figures: bool = True
+) -> BuildReport:
+    """Aggregate every record under ``runs_dir`` into ``out_dir/<dataset>.json|.md`` + figures.
+
+    Args:
+        runs_dir: folder searched recursively for ``results.json``.
+        out_dir: where leaderboards go (``leaderboards/``).
+        command: the command line that regenerates them, printed in the markdown.
+        figures: write the coherence plot and copy sample grids.
+
+    Returns:
+        A :class:`BuildReport`; skipped records are listed there and in each dataset's JSON.
+        Records without a readable dataset are listed in every dataset's JSON.
+    """
+    runs_dir, out_dir = Path(runs_dir), Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BenchError(f"--out {out_dir} is a file, not a folder")
+    runs, skipped = collect_runs(runs_dir)
+    rows, dupes, protocols, extractors = aggregate(runs)
+    skipped += dupes
+    if not runs:
+        reasons = "; ".join(f"{s.path}: {s.reason}" for s in skipped) or "none found"
+        raise BenchError(f"no usable run records under {runs_dir} ({reasons})")
+    command = command or f"mmvae-bench leaderboard build --runs {runs_dir} --out {out_dir}"
+    datasets = sorted({r.dataset for r in runs} | {s.dataset for s in skipped if s.dataset})
+    written: dict[str, list[Path]] = {}
+    for ds in datasets:
+        ds_rows = rows.get(ds, [])
+        ds_runs = [r for r in runs if r.dataset == ds]
+        versions = {r["protocol"] for r in ds_rows}
+        used_ext = {e for r in ds_runs for e in r.extractors}
+        board: dict[str, Any] = {
+            "leaderboard_version": LEADERBOARD_VERSION,
+            "dataset": ds,
+            "command": command,
+            "n_runs": sum(r["n_seeds"] for r in ds_rows),
+            "subset_sizes": sorted(
+                {
+                    int(k.split("/")[1])
+                    for r in ds_rows
+                    for k in r["metrics"]
+                    if k.startswith("coherence/")
+                }
+            ),
+            "protocols": {v: protocols[v] for v in sorted(versions)},
+            "extractors": {e: extractors[e] for e in sorted(used_ext)},
+            "rows": ds_rows,
+            "figures": {},
+            "skipped": [
+                {"path": s.path, "reason": s.reason} for s in skipped if s.dataset in (ds, None)
+            ],
+        }
+        if figures:
+            previous = _previous_figures(out_dir, ds)
+            stale_figures(out_dir, ds, previous, write_figures(board, runs_dir, out_dir))
+        json_path = atomic_write_json(leaderboard_path(out_dir, ds), board)
+        md = render_markdown(board).encode()
+        md_path = atomic_write(out_dir / f"{ds}.md", lambda f, data=md: f.write(data))
+        written[ds] = [json_path, md_path]
+        log.info("leaderboard %s: %d rows, %d skipped", ds, len(ds_rows), len(board["skipped"]))
+    return BuildReport(written=written, used=len(runs) - len(dupes), skipped=skipped)
