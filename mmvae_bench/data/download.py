@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from mmvae_bench.data.published import html_page_message, is_html_page
 from mmvae_bench.errors import BenchError
 
 __all__ = [
@@ -245,6 +246,8 @@ def extract_archive(archive: Path, target: Path) -> list[Path]:
                     tf.extractall(root, members=members, filter="data")
                 else:  # Python < 3.10.12: the checks above are the whole guard
                     tf.extractall(root, members=members)
+        elif is_html_page(archive):
+            raise BenchError(html_page_message(archive, "a zip or tar archive", ""))
         else:
             raise BenchError(
                 f"{archive} is neither a zip nor a tar archive (truncated or wrong download?)"

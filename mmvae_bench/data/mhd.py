@@ -16,7 +16,14 @@ used to scale trajectories and sounds into [0, 1] (their code undoes it as
 Files are read with ``torch.load(weights_only=True)``: arbitrary pickles never run. The
 normalisation entries may have been saved as numpy scalars or arrays, so exactly the numpy types
 needed to rebuild numeric scalars and arrays are allowed (:data:`NUMPY_SAFE_GLOBALS`), nothing
-else.
+else. A file holding NaN or infinite values (in any float tensor, the normalisation constants
+included), no samples, or a web page saved under the file's name is refused by ``load`` and
+reported by ``check``.
+
+Sample counts follow the rule of :mod:`mmvae_bench.data.published`: a split size other than
+:data:`EXPECTED_SAMPLES` is a problem for ``check``; ``load`` warns, goes on and records the
+counts in ``info["sample_counts"]``. Memory: both files are loaded whole (about their size, plus
+a copy of the sounds in the model layout); that is checked against the available memory first.
 
 Reference: M. Vasco, H. Yin, F. S. Melo, A. Paiva, "Leveraging hierarchy in multimodal generative
 models for effective cross-modality inference", Neural Networks 146 (2022), arXiv 2021.
@@ -40,6 +47,13 @@ from mmvae_bench.data.download import (
     fetch_remote,
     require_data_dir,
     verify_sha256,
+)
+from mmvae_bench.data.memory import is_out_of_memory, memory_guard, require_memory
+from mmvae_bench.data.published import (
+    count_problems,
+    record_counts,
+    reject_html_page,
+    torch_load_error,
 )
 from mmvae_bench.data.spec import DataOptions, ModalitySpec, MultimodalDataset, Split
 from mmvae_bench.errors import BenchError
@@ -79,9 +93,13 @@ FILES: dict[str, RemoteFile] = {
     ),
 }
 
-# Split sizes as stated in the paper (not checked against the files here): a different count is
-# logged as a warning by `check`, not reported as a problem.
+# Split sizes as stated in the paper: `check` reports another count, `load` warns and records it.
 EXPECTED_SAMPLES = {"train": 50_000, "test": 10_000}
+
+_FORMAT = "a torch file of MHD's 6-tuple"
+# No option loads part of MHD: both files are read whole.
+_MEMORY_HINT = "free memory or use a machine with more (no option loads part of MHD)"
+_CHUNK = 4096  # samples per NaN/Inf scan: bounds the boolean temporaries
 
 _TUPLE_FIELDS = (
     "labels",
@@ -159,12 +177,19 @@ def load(options: DataOptions) -> MultimodalDataset:
         trajectory 4096/200, so each modality weighs like the largest one in the ELBO.
 
     Raises:
-        BenchError: no data dir, or a file that is missing or corrupt (named, with the fetch
-            command).
+        BenchError: no data dir, a file that is missing or corrupt (named, with the fetch
+            command), or not enough memory for both files.
     """
     data_dir = require_data_dir(options.data_dir, NAME, [f.name for f in FILES.values()])
-    train, train_info = read_split(data_dir, "train")
-    test, test_info = read_split(data_dir, "test")
+    sizes = [
+        (data_dir / f.name).stat().st_size for f in FILES.values() if (data_dir / f.name).is_file()
+    ]
+    # Both splits stay resident (about their file size) and the sounds of the split being read
+    # are copied into the model layout (most of a file): all files plus the largest once more.
+    require_memory(NAME, sum(sizes) + max(sizes, default=0), _MEMORY_HINT)
+    with memory_guard(NAME, _MEMORY_HINT):
+        train, train_info = read_split(data_dir, "train")
+        test, test_info = read_split(data_dir, "test")
     largest = max(s.size for s in SPECS.values())
     return MultimodalDataset(
         name=NAME,
@@ -182,6 +207,7 @@ def load(options: DataOptions) -> MultimodalDataset:
             "n_test": len(test),
             # per-split provenance; not "train"/"test", the run record's sample counts
             "files": {"train": train_info, "test": test_info},
+            **record_counts(NAME, {"train": len(train), "test": len(test)}, EXPECTED_SAMPLES),
         },
     )
 
@@ -194,8 +220,9 @@ def read_split(data_dir: Path, split: str) -> tuple[Split, dict[str, Any]]:
         y: (N,) long) and provenance: value ranges and the normalisation constants as floats.
 
     Raises:
-        BenchError: naming the file and what is wrong (missing, unreadable or truncated, not a
-            6-tuple, wrong shapes, mismatched counts, labels out of range).
+        BenchError: naming the file and what is wrong (missing, a web page, unreadable or
+            truncated, not a 6-tuple, wrong shapes, mismatched counts, no samples, labels out
+            of range, NaN or infinite values).
     """
     path = Path(data_dir) / FILES[split].name
     fix = f"run `{fetch_command(NAME, data_dir)}`"
@@ -238,8 +265,8 @@ def sound_to_model(sounds: Tensor) -> Tensor:
 def fetch(data_dir: Path, *, progress: bool = True) -> None:
     """Download ``mhd_train.pt`` and ``mhd_test.pt`` into ``data_dir``.
 
-    No checksum is published, so each file is loaded and checked (shapes, counts) before it
-    gets its final name; a file that fails is deleted and reported.
+    No checksum is published, so each file is loaded and checked (shapes, counts, finite
+    values) before it gets its final name; a file that fails is deleted and reported.
     """
     data_dir = Path(data_dir).expanduser()
 
@@ -254,31 +281,34 @@ def fetch(data_dir: Path, *, progress: bool = True) -> None:
 def check(data_dir: Path) -> list[str]:
     """Problems with the MHD files in ``data_dir`` (empty when both are present and sound).
 
-    Checks presence, sha256 where one is known (none is published: logged as information),
-    readability, the tuple's length, shapes and counts. A split size other than the paper's is
-    logged as a warning.
+    Checks presence, that the file is not a web page, sha256 where one is known (none is
+    published: logged as information), readability, the tuple's length, shapes, finite values
+    and the sample count against :data:`EXPECTED_SAMPLES` (another count is a problem).
     """
     data_dir = Path(data_dir).expanduser()
-    fix = fetch_command(NAME, data_dir)
+    fix = f"run `{fetch_command(NAME, data_dir)}`"
     problems = []
     for split, remote in FILES.items():
         path = data_dir / remote.name
         if not path.is_file():
-            problems.append(f"missing {path}; run `{fix}`")
+            problems.append(f"missing {path}; {fix}")
+            continue
+        try:
+            reject_html_page(path, _FORMAT, fix)
+        except BenchError as e:
+            problems.append(str(e))
             continue
         bad_sum = verify_sha256(path, remote.sha256)
         if bad_sum:
-            problems.append(f"{bad_sum}; run `{fix}`")
+            problems.append(f"{bad_sum}; {fix}")
             continue
         try:
-            labels, *_ = _check_tuple(_load_file(path, ""), path, "")
+            with memory_guard(NAME, _MEMORY_HINT):
+                labels, *_ = _check_tuple(_load_file(path, fix), path, fix)
         except BenchError as e:
-            problems.append(f"{e}; run `{fix}`")
+            problems.append(str(e))
             continue
-        if len(labels) != EXPECTED_SAMPLES[split]:
-            logger.warning(
-                "%s has %d samples; the paper states %d", path, len(labels), EXPECTED_SAMPLES[split]
-            )
+        problems += count_problems({split: len(labels)}, EXPECTED_SAMPLES, str(path), fix)
     return problems
 
 
@@ -286,6 +316,7 @@ def _load_file(path: Path, fix: str) -> Any:
     hint = f"; {fix}" if fix else ""
     if not path.is_file():
         raise BenchError(f"MHD file not found: {path}{hint}")
+    reject_html_page(path, _FORMAT, fix)
     try:
         with torch.serialization.safe_globals(NUMPY_SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -298,11 +329,11 @@ def _load_file(path: Path, fix: str) -> Any:
                 f"{path} holds a Python type ({what}) that is not allowed when loading safely; "
                 f"it is not the published file, or the published file changed{hint}"
             ) from None
-        raise BenchError(f"{path} is corrupt or truncated (UnpicklingError: {e}){hint}") from None
+        raise BenchError(f"{path} is corrupt or truncated ({torch_load_error(e)}){hint}") from None
     except Exception as e:
-        raise BenchError(
-            f"{path} is corrupt or truncated ({type(e).__name__}: {e}){hint}"
-        ) from None
+        if is_out_of_memory(e):
+            raise  # for memory_guard: not a corrupt file
+        raise BenchError(f"{path} is corrupt or truncated ({torch_load_error(e)}){hint}") from None
 
 
 def _check_tuple(raw: Any, path: Path, fix: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Any, Any]:
@@ -323,6 +354,8 @@ def _check_tuple(raw: Any, path: Path, fix: str) -> tuple[Tensor, Tensor, Tensor
             raise BenchError(f"{path}: {name} should be a tensor, found {type(t).__name__}{hint}")
     labels = _labels(labels, path, hint)
     n = len(labels)
+    if n == 0:
+        raise BenchError(f"{path} holds no samples (labels have length 0){hint}")
     expected = {
         "images": ((n, 1, 28, 28), (n, 28, 28)),
         "trajectories": ((n, 200),),
@@ -339,7 +372,34 @@ def _check_tuple(raw: Any, path: Path, fix: str) -> tuple[Tensor, Tensor, Tensor
             raise BenchError(f"{path}: {name} has shape {tuple(t.shape)}, expected {want}{hint}")
         if not t.is_floating_point():
             raise BenchError(f"{path}: {name} has dtype {t.dtype}, expected floats{hint}")
+    bad = [
+        f"{name} ({count})"
+        for name, value in zip(_TUPLE_FIELDS[1:], raw[1:], strict=True)
+        if (count := _non_finite(value))
+    ]
+    if bad:
+        raise BenchError(f"{path} holds NaN or infinite values: {', '.join(bad)}{hint}")
     return labels, images, trajectories, sounds, traj_norm, sound_norm
+
+
+def _non_finite(value: Any) -> int:
+    """How many NaN or infinite floats ``value`` holds (a tensor, array, number, or a dict or
+    list of them, as the normalisation entries)."""
+    if isinstance(value, dict):
+        return sum(_non_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_non_finite(v) for v in value)
+    if isinstance(value, (np.ndarray, np.generic, float)):
+        arr = np.asarray(value)
+        return int((~np.isfinite(arr)).sum()) if np.issubdtype(arr.dtype, np.floating) else 0
+    if isinstance(value, Tensor) and value.is_floating_point():
+        if value.ndim == 0:
+            return int(not bool(torch.isfinite(value)))
+        return sum(
+            int((~torch.isfinite(value[i : i + _CHUNK])).sum())
+            for i in range(0, len(value), _CHUNK)
+        )
+    return 0
 
 
 def _labels(labels: Tensor, path: Path, hint: str) -> Tensor:

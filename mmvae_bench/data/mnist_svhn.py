@@ -18,7 +18,15 @@ so every run and every model sees the same pairs.
 
 Memory: the splits hold the gathered pairs as float32, as every split does. With the real data
 and dm=20 that is about 1.12 million train pairs, ~3.5 GB for MNIST plus ~13.8 GB for SVHN
-(test: 200,000 pairs, ~3.1 GB); use a smaller ``dm`` on smaller machines.
+(test: 200,000 pairs, ~3.1 GB); use a smaller ``dm`` on smaller machines (``load(options,
+dm=...)``; ``mmvae-bench run`` has no option for it yet and uses :data:`DM_DEFAULT`). The bytes
+are computed from the labels and checked against the available memory before any pair is built
+or cached.
+
+Sample counts follow the rule of :mod:`mmvae_bench.data.published`: an MNIST or SVHN split size
+other than :data:`EXPECTED_SAMPLES` is a problem for ``check``; ``load`` warns, goes on and
+records the counts in ``info["sample_counts"]``. A file with no images is an error, and so is a
+web page saved under a data file's name (named as such, with the fetch command).
 
 Reference: Y. Shi, N. Siddharth, B. Paige, P. H. S. Torr, "Variational Mixture-of-Experts
 Autoencoders for Multi-Modal Deep Generative Models", NeurIPS 2019, arXiv 1911.03393.
@@ -45,6 +53,15 @@ from mmvae_bench.data.download import (
     fetch_remote,
     require_data_dir,
     verify_sha256,
+)
+from mmvae_bench.data.memory import is_out_of_memory, memory_guard, require_memory
+from mmvae_bench.data.published import (
+    count_problems,
+    html_page_message,
+    is_html_page,
+    record_counts,
+    reject_html_page,
+    torch_load_error,
 )
 from mmvae_bench.data.spec import DataOptions, ModalitySpec, MultimodalDataset, Split
 from mmvae_bench.errors import BenchError
@@ -185,8 +202,8 @@ def load(
         likelihood by 3*32*32 / (28*28), as MMVAE does.
 
     Raises:
-        BenchError: no data dir, bad ``dm``, or a missing or corrupt file (named, with the fetch
-            command).
+        BenchError: no data dir, bad ``dm``, a missing or corrupt file (named, with the fetch
+            command), or not enough memory for the pairs (naming ``dm``).
     """
     if dm < 1 or max_per_class < 1:
         raise BenchError(f"dm and max_per_class must be >= 1, got dm={dm}, {max_per_class=}")
@@ -203,21 +220,41 @@ def load(
         "max_per_class": max_per_class,
         "pairing_seed": PAIRING_SEED,
     }
-    for split in ("train", "test"):
-        mnist_x, mnist_y = read_mnist(data_dir, split)
-        svhn_x, svhn_y = read_svhn(data_dir, split)
-        idx_m, idx_s = _cached_pairs(data_dir, split, mnist_y, svhn_y, dm, max_per_class)
-        n = len(idx_m)
-        gib = n * (SPECS["mnist"].size + SPECS["svhn"].size) * 4 / 2**30
-        logger.info("MNIST-SVHN %s: %d pairs (dm=%d), %.1f GiB as float32", split, n, dm, gib)
-        # Gather as uint8 first: the float copy is then the only large allocation.
-        x = {
-            "mnist": mnist_x[idx_m].unsqueeze(1).to(torch.float32).div_(255.0),
-            "svhn": svhn_x[idx_s].to(torch.float32).div_(255.0),
+    hint = (
+        f"each image is used dm={dm} times: a smaller dm reduces this in proportion "
+        "(mmvae_bench.data.mnist_svhn.load(options, dm=...); `mmvae-bench run` has no option "
+        f"for dm yet and uses {DM_DEFAULT})"
+    )
+    pair_bytes = SPECS["mnist"].size + SPECS["svhn"].size  # one pair as uint8
+    with memory_guard(NAME, hint):
+        sources = {s: (read_mnist(data_dir, s), read_svhn(data_dir, s)) for s in ("train", "test")}
+        n_pairs = {
+            s: pair_count(m[1], v[1], dm=dm, max_per_class=max_per_class)
+            for s, (m, v) in sources.items()
         }
-        splits[split] = Split(x, mnist_y[idx_m])
-        info[f"n_{split}"] = n
-        info[f"unique_{split}"] = {"mnist": len(mnist_y), "svhn": len(svhn_y)}
+        # Resident: both splits as float32; transient: the larger split's uint8 gather.
+        require_memory(
+            NAME, sum(n_pairs.values()) * pair_bytes * 4 + max(n_pairs.values()) * pair_bytes, hint
+        )
+        for split, ((mnist_x, mnist_y), (svhn_x, svhn_y)) in sources.items():
+            idx_m, idx_s = _cached_pairs(data_dir, split, mnist_y, svhn_y, dm, max_per_class)
+            n = len(idx_m)
+            gib = n * pair_bytes * 4 / 2**30
+            logger.info("MNIST-SVHN %s: %d pairs (dm=%d), %.1f GiB as float32", split, n, dm, gib)
+            # Gather as uint8 first: the float copy is then the only large allocation.
+            x = {
+                "mnist": mnist_x[idx_m].unsqueeze(1).to(torch.float32).div_(255.0),
+                "svhn": svhn_x[idx_s].to(torch.float32).div_(255.0),
+            }
+            splits[split] = Split(x, mnist_y[idx_m])
+            info[f"n_{split}"] = n
+            info[f"unique_{split}"] = {"mnist": len(mnist_y), "svhn": len(svhn_y)}
+    found = {
+        f"{source} {split}": len(labels)
+        for split, ((_, mnist_y), (_, svhn_y)) in sources.items()
+        for source, labels in (("mnist", mnist_y), ("svhn", svhn_y))
+    }
+    info.update(record_counts(NAME, found, _published_counts()))
     return MultimodalDataset(
         name=NAME,
         specs=dict(SPECS),
@@ -269,12 +306,21 @@ def build_pairs(
     return torch.cat(out_m), torch.cat(out_s)
 
 
+def pair_count(
+    mnist_labels: Tensor, svhn_labels: Tensor, *, dm: int, max_per_class: int = MAX_PER_CLASS
+) -> int:
+    """How many pairs :func:`build_pairs` makes from these labels, without making them."""
+    mnist_n = torch.bincount(mnist_labels, minlength=10)[:10]
+    svhn_n = torch.bincount(svhn_labels, minlength=10)[:10]
+    return dm * int(torch.minimum(mnist_n, svhn_n).clamp(max=max_per_class).sum())
+
+
 def pairs_path(data_dir: Path, split: str, dm: int) -> Path:
     """Where the pair indices of ``split`` for ``dm`` are cached."""
     return Path(data_dir) / f".mmvae_bench_pairs_{split}_dm{dm}.pt"
 
 
-def read_idx(path: Path) -> Tensor:
+def read_idx(path: Path, *, fix: str = "") -> Tensor:
     """An idx file of unsigned bytes (MNIST's format), raw or gzipped, as a uint8 tensor.
 
     Gzip is recognised by its magic bytes, so a ``.gz`` download is checked under any name.
@@ -282,10 +328,16 @@ def read_idx(path: Path) -> Tensor:
     The header is two zero bytes, a type byte (0x08: unsigned byte), the number of dimensions,
     then each dimension as a big-endian uint32; the data follows, exactly prod(dims) bytes.
 
+    Args:
+        path: the file.
+        fix: the remedy clause appended to a web page's message (e.g. the fetch command).
+
     Raises:
-        BenchError: unreadable, not an unsigned-byte idx file, or truncated / too long.
+        BenchError: a web page, unreadable, not an unsigned-byte idx file, or truncated / too
+            long.
     """
     path = Path(path)
+    reject_html_page(path, "an MNIST idx file", fix)
     try:
         data = path.read_bytes()
         if data[:2] == b"\x1f\x8b":  # gzip magic: decided by content, not by the file's name
@@ -317,8 +369,9 @@ def read_mnist(data_dir: Path, split: str, *, dataset: str = NAME) -> tuple[Tens
     """
     prefix = _MNIST_PREFIX[split]
     fix = f"run `{fetch_command(dataset, data_dir)}`"
-    images = read_idx(_mnist_file(data_dir, f"{prefix}-images-idx3-ubyte", fix))
-    labels = read_idx(_mnist_file(data_dir, f"{prefix}-labels-idx1-ubyte", fix)).to(torch.long)
+    images = read_idx(_mnist_file(data_dir, f"{prefix}-images-idx3-ubyte", fix), fix=fix)
+    labels = read_idx(_mnist_file(data_dir, f"{prefix}-labels-idx1-ubyte", fix), fix=fix)
+    labels = labels.to(torch.long)
     where = Path(data_dir) / "MNIST" / "raw"
     if images.ndim != 3 or tuple(images.shape[1:]) != (28, 28):
         raise BenchError(
@@ -330,7 +383,9 @@ def read_mnist(data_dir: Path, split: str, *, dataset: str = NAME) -> tuple[Tens
             f"{where}: {prefix} labels {tuple(labels.shape)} do not match {len(images)} images; "
             f"{fix}"
         )
-    if len(labels) and int(labels.max()) > 9:
+    if len(labels) == 0:
+        raise BenchError(f"{where}/{prefix}-images-idx3-ubyte holds no images; {fix}")
+    if int(labels.max()) > 9:
         raise BenchError(f"{where}/{prefix}-labels-idx1-ubyte: labels above 9")
     return images, labels
 
@@ -344,6 +399,7 @@ def read_svhn(data_dir: Path, split: str) -> tuple[Tensor, Tensor]:
     fix = f"run `{fetch_command(NAME, data_dir)}`"
     if not path.is_file():
         raise BenchError(f"SVHN file not found: {path}; {fix}")
+    reject_html_page(path, "a MATLAB .mat file", fix)
     try:
         mat = scipy.io.loadmat(path, variable_names=["X", "y"])
     except Exception as e:  # scipy raises many types for damaged files
@@ -360,6 +416,8 @@ def read_svhn(data_dir: Path, split: str) -> tuple[Tensor, Tensor]:
         raise BenchError(f"{path}: y has shape {mat['y'].shape}, expected ({x.shape[3]}, 1); {fix}")
     if x.dtype != np.uint8:
         raise BenchError(f"{path}: X has dtype {x.dtype}, expected uint8; {fix}")
+    if len(y) == 0:
+        raise BenchError(f"{path} holds no images; {fix}")
     labels = torch.from_numpy(y.astype(np.int64))
     if len(labels) and (int(labels.min()) < 1 or int(labels.max()) > 10):
         raise BenchError(
@@ -410,11 +468,17 @@ def check_mnist(data_dir: Path, *, dataset: str = NAME) -> list[str]:
     return problems
 
 
+def _published_counts() -> dict[str, int]:
+    """:data:`EXPECTED_SAMPLES` keyed ``"mnist train"``, ``"svhn test"``..."""
+    return {f"{src} {split}": n for src, c in EXPECTED_SAMPLES.items() for split, n in c.items()}
+
+
 def check(data_dir: Path) -> list[str]:
     """Problems with the MNIST and SVHN files in ``data_dir`` (empty when all are sound).
 
-    Checks presence, sha256 of every downloaded file (MNIST .gz, SVHN .mat), that each file
-    parses with the right shapes, and the published sample counts.
+    Checks presence, that no file is a web page, sha256 of every downloaded file (MNIST .gz,
+    SVHN .mat), that each file parses with the right shapes, and the sample counts against
+    :data:`EXPECTED_SAMPLES` (another count is a problem).
     """
     data_dir = Path(data_dir).expanduser()
     fix = f"run `{fetch_command(NAME, data_dir)}`"
@@ -423,6 +487,9 @@ def check(data_dir: Path) -> list[str]:
         path = data_dir / remote.name
         if not path.is_file():
             problems.append(f"missing {path}; {fix}")
+            continue
+        if is_html_page(path):
+            problems.append(html_page_message(path, "a MATLAB .mat file", fix))
             continue
         bad = verify_sha256(path, remote.sha256)
         if bad:
@@ -440,13 +507,14 @@ def _mnist_file_problems(data_dir: Path, fix: str) -> list[str]:
     for remote in MNIST_FILES.values():
         gz, raw = data_dir / remote.name, data_dir / remote.name[: -len(".gz")]
         if gz.is_file():
-            bad = verify_sha256(gz, remote.sha256)
-            if bad:
+            if is_html_page(gz):
+                problems.append(html_page_message(gz, "a gzipped MNIST idx file", fix))
+            elif bad := verify_sha256(gz, remote.sha256):
                 problems.append(f"{bad}; {fix}")
         if raw.is_file():
-            bad = _idx_problem(raw)
+            bad = _idx_problem(raw, fix)
             if bad:
-                problems.append(f"{bad}; {fix}")
+                problems.append(bad if bad.endswith(fix) else f"{bad}; {fix}")
         elif not gz.is_file():
             problems.append(f"missing {raw} (or {gz.name}); {fix}")
         else:
@@ -466,12 +534,13 @@ def _read_problems(
         _, labels = reader(data_dir, split)
     except BenchError as e:
         return [str(e)]
-    expected = EXPECTED_SAMPLES[source][split]
-    if len(labels) != expected:
-        return [
-            f"{source} {split}: {len(labels)} samples, the published data has {expected}; {fix}"
-        ]
-    return []
+    where = str(data_dir / "MNIST" / "raw") if source == "mnist" else str(data_dir)
+    return count_problems(
+        {f"{source} {split}": len(labels)},
+        {f"{source} {split}": EXPECTED_SAMPLES[source][split]},
+        where,
+        fix,
+    )
 
 
 def _mnist_file(data_dir: Path, stem: str, fix: str) -> Path:
@@ -488,9 +557,9 @@ def _validate_idx(path: Path) -> None:
     read_idx(path)
 
 
-def _idx_problem(path: Path) -> str | None:
+def _idx_problem(path: Path, fix: str = "") -> str | None:
     try:
-        read_idx(path)
+        read_idx(path, fix=fix)
     except BenchError as e:
         return str(e)
     return None
@@ -510,7 +579,11 @@ def _cached_pairs(
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            logger.warning("pair cache %s is unreadable (%s); rebuilding", path, e)
+            if is_out_of_memory(e):
+                raise  # for memory_guard
+            logger.warning(
+                "pair cache %s is unreadable (%s); rebuilding", path, torch_load_error(e)
+            )
             obj = None
         if isinstance(obj, dict) and obj.get("fingerprint") == fingerprint:
             idx_m, idx_s = obj.get("mnist"), obj.get("svhn")

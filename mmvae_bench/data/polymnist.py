@@ -14,7 +14,12 @@ missing from one modality is an error naming it.
 The ~350,000 PNGs are decoded once with PIL (one pass, unavoidable per file) and cached as uint8
 tensors next to the data (``MMNIST/.mmvae_bench_cache_{split}.pt``) with a fingerprint of the
 folder (every file's name, size and modification time, hashed); a changed folder is re-read.
-Values are given to models as float32 in [0, 1].
+Values are given to models as float32 in [0, 1]: 47,040 bytes a tuple, ~3.3 GB for the
+60,000 train and 10,000 test tuples, checked against the available memory before decoding.
+
+Sample counts follow the rule of :mod:`mmvae_bench.data.published`: a tuple count other than
+:data:`EXPECTED_TUPLES` is a problem for ``check``; ``load`` warns, goes on and records the
+counts in ``info["sample_counts"]``. A split without tuples is an error.
 
 Reference: T. M. Sutter, I. Daunhawer, J. E. Vogt, "Generalized Multimodal ELBO", ICLR 2021,
 arXiv 2105.02470. Files: https://zenodo.org/records/4899160 (``PolyMNIST.zip``).
@@ -43,6 +48,14 @@ from mmvae_bench.data.download import (
     fetch_remote,
     move_into,
     require_data_dir,
+)
+from mmvae_bench.data.memory import is_out_of_memory, memory_guard, require_memory
+from mmvae_bench.data.published import (
+    count_problems,
+    html_page_message,
+    is_html_page,
+    record_counts,
+    torch_load_error,
 )
 from mmvae_bench.data.spec import DataOptions, ModalitySpec, MultimodalDataset, Split
 from mmvae_bench.errors import BenchError
@@ -78,6 +91,8 @@ ARCHIVE = RemoteFile(
 # Bump when the cache's content or layout changes, so old caches are re-read.
 _CACHE_VERSION = 1
 _PNG_NAME = re.compile(r"^(\d+)\.(\d)\.png$")
+_TUPLE_BYTES = len(MODALITIES) * 3 * 28 * 28  # one tuple as uint8
+_MEMORY_HINT = "free memory or use a machine with more (no option loads part of PolyMNIST)"
 
 SPECS: dict[str, ModalitySpec] = {
     m: ModalitySpec(
@@ -103,13 +118,22 @@ def load(options: DataOptions) -> MultimodalDataset:
         0-9; latent size 512, coherence-classifier floor 0.9.
 
     Raises:
-        BenchError: no data dir, a missing folder or file (named), or an unreadable PNG.
+        BenchError: no data dir, a missing folder or file (named), an unreadable PNG, or not
+            enough memory for the decoded tuples.
     """
     data_dir = require_data_dir(
         options.data_dir, NAME, ["MMNIST/train/m0..m4/*.png", "MMNIST/test/m0..m4/*.png"]
     )
-    train = read_split(data_dir, "train")
-    test = read_split(data_dir, "test")
+    scans = {split: _scan(data_dir, split) for split in ("train", "test")}
+    n = {split: len(names) for split, (names, _) in scans.items()}
+    # Resident: both splits as float32. Transient, for the larger split: the decoded uint8
+    # array and its channels-first copy (or the cache's uint8 tensor).
+    require_memory(
+        NAME, sum(n.values()) * _TUPLE_BYTES * 4 + max(n.values()) * _TUPLE_BYTES * 2, _MEMORY_HINT
+    )
+    with memory_guard(NAME, _MEMORY_HINT):
+        train = _read_split(data_dir, "train", *scans["train"])
+        test = _read_split(data_dir, "test", *scans["test"])
     return MultimodalDataset(
         name=NAME,
         specs=dict(SPECS),
@@ -123,6 +147,7 @@ def load(options: DataOptions) -> MultimodalDataset:
             "data_dir": str(data_dir),
             "n_train": len(train),
             "n_test": len(test),
+            **record_counts(NAME, {"train": len(train), "test": len(test)}, EXPECTED_TUPLES),
         },
     )
 
@@ -140,11 +165,15 @@ def read_split(data_dir: Path, split: str) -> Split:
         (label, i).
 
     Raises:
-        BenchError: a missing modality folder, a file name present in one modality and missing
-            in another, a badly named PNG, or a PNG that is unreadable or not 28x28 RGB.
+        BenchError: a missing modality folder, no PNGs, a file name present in some
+            modalities and not in others, a badly named PNG, or a PNG that is unreadable (a web
+            page, for one) or not 28x28 RGB.
     """
     data_dir = Path(data_dir)
-    names, fingerprint = _scan(data_dir, split)
+    return _read_split(data_dir, split, *_scan(data_dir, split))
+
+
+def _read_split(data_dir: Path, split: str, names: list[str], fingerprint: str) -> Split:
     cache = cache_path(data_dir, split)
     cached = _read_cache(cache, fingerprint, len(names))
     if cached is None:
@@ -206,24 +235,24 @@ def check(data_dir: Path) -> list[str]:
     """Problems with the PolyMNIST files in ``data_dir`` (empty when complete and readable).
 
     Checks the folders, that every name is in all five modalities, that every PNG decodes as
-    28x28 RGB (through the cache when it is current) and the published tuple counts. The
-    archive has no published sha256 (logged as information).
+    28x28 RGB (through the cache when it is current) and the tuple counts against
+    :data:`EXPECTED_TUPLES` (another count is a problem). The archive has no published sha256
+    (logged as information).
     """
     data_dir = Path(data_dir).expanduser()
-    fix = fetch_command(NAME, data_dir)
+    fix = f"run `{fetch_command(NAME, data_dir)}`"
     logger.info("PolyMNIST: no published sha256 for %s; checking the files", ARCHIVE.name)
     problems = []
-    for split, expected in EXPECTED_TUPLES.items():
+    for split in EXPECTED_TUPLES:
         try:
-            n = len(read_split(data_dir, split))
+            with memory_guard(NAME, _MEMORY_HINT):
+                n = len(read_split(data_dir, split))
         except BenchError as e:
             problems.append(f"{e}")
             continue
-        if n != expected:
-            problems.append(
-                f"{data_dir / 'MMNIST' / split}: {n} tuples, the published data has "
-                f"{expected}; run `{fix}`"
-            )
+        problems += count_problems(
+            {split: n}, EXPECTED_TUPLES, str(data_dir / "MMNIST" / split), fix
+        )
     return problems
 
 
@@ -249,15 +278,11 @@ def _scan(data_dir: Path, split: str) -> tuple[list[str], str]:
                 files[entry.name] = (st.st_size, st.st_mtime_ns)
         listings[m] = files
     every = set().union(*(set(f) for f in listings.values()))
-    for m in MODALITIES:
-        lacking = every.difference(listings[m])
-        if lacking:
-            shown = sorted(lacking, key=_order)[:5]
-            more = f" and {len(lacking) - len(shown)} more" if len(lacking) > len(shown) else ""
-            raise BenchError(
-                f"PolyMNIST {root / m} lacks {', '.join(shown)}{more}, which the other "
-                f"modalities have (e.g. {root / m / shown[0]} is missing); run `{fix}`"
-            )
+    if not every:
+        raise BenchError(f"PolyMNIST {root} holds no PNG files in m0..m4; run `{fix}`")
+    mismatch = _mismatch(root, listings, every)
+    if mismatch:
+        raise BenchError(f"PolyMNIST file names differ between m0..m4: {mismatch}; run `{fix}`")
     names = sorted(every, key=_order)
     h = hashlib.sha256()
     for m in MODALITIES:
@@ -265,6 +290,42 @@ def _scan(data_dir: Path, split: str) -> tuple[list[str], str]:
             size, mtime = listings[m][name]
             h.update(f"{m}/{name}:{size}:{mtime}\n".encode())
     return names, h.hexdigest()
+
+
+def _mismatch(root: Path, listings: dict[str, dict[str, tuple[int, int]]], every: set[str]) -> str:
+    """Each folder whose names differ from the others', with what it lacks or has extra ("")."""
+    lacks: dict[str, list[str]] = {m: [] for m in MODALITIES}
+    extra: dict[str, list[str]] = {m: [] for m in MODALITIES}
+    for name in every:
+        have = [m for m in MODALITIES if name in listings[m]]
+        if len(have) == len(MODALITIES):
+            continue
+        # The folders in the minority are the odd ones: a name most folders have is missing
+        # where it is not; a name few folders have is extra (or misplaced) where it is.
+        if 2 * len(have) > len(MODALITIES):
+            for m in MODALITIES:
+                if m not in have:
+                    lacks[m].append(name)
+        else:
+            for m in have:
+                extra[m].append(name)
+    parts = []
+    for m in MODALITIES:
+        for names, what in ((lacks[m], "lacks"), (extra[m], "has")):
+            if not names:
+                continue
+            ordered = sorted(names, key=_order)
+            # the folders on the other side, for the first name shown
+            others = [
+                o for o in MODALITIES if o != m and (ordered[0] in listings[o]) == (what == "lacks")
+            ]
+            shown = ordered[:5]
+            more = f" and {len(names) - len(shown)} more" if len(names) > len(shown) else ""
+            parts.append(
+                f"{root / m} {what} {', '.join(shown)}{more}, which {', '.join(others)} "
+                f"{'have' if what == 'lacks' else 'lack'}"
+            )
+    return "; ".join(parts)
 
 
 def _order(name: str) -> tuple[int, int]:
@@ -278,7 +339,11 @@ def _read_cache(path: Path, fingerprint: str, n: int) -> tuple[Tensor, Tensor] |
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        logger.warning("PolyMNIST cache %s is unreadable (%s); decoding again", path, e)
+        if is_out_of_memory(e):
+            raise  # for memory_guard: decoding again would need the same memory
+        logger.warning(
+            "PolyMNIST cache %s is unreadable (%s); decoding again", path, torch_load_error(e)
+        )
         return None
     if not isinstance(obj, dict) or obj.get("version") != _CACHE_VERSION:
         return None
@@ -316,6 +381,9 @@ def _decode(root: Path, names: list[str]) -> Tensor:
             except BenchError:
                 raise
             except (OSError, SyntaxError, ValueError) as e:
+                fix = f"run `{fetch_command(NAME, root.parent.parent)}`"
+                if is_html_page(path):
+                    raise BenchError(html_page_message(path, "a PNG image", fix)) from None
                 raise BenchError(
                     f"{path} is unreadable or truncated ({type(e).__name__}: {e}); "
                     f"run `{fetch_command(NAME, root.parent.parent)}`"
@@ -334,6 +402,8 @@ def _find_mmnist(root: Path) -> Path | None:
 
 
 def _validate_archive(path: Path) -> None:
+    if is_html_page(path):
+        raise BenchError(html_page_message(path, "a zip archive", ""))
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()

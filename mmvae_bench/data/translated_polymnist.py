@@ -27,6 +27,12 @@ cached as uint8 (``<cache_dir>/datasets/translated-polymnist-v1-<fingerprint>.pt
 fingerprint covering the backgrounds' bytes, the MNIST digits and the recipe) instead of
 written as 350,000 PNGs.
 
+Memory: the splits hold the tuples as float32 (47,040 bytes a tuple, ~3.3 GB for 70,000),
+computed from MNIST's labels and checked against the available memory before anything is built
+or cached. Sample counts follow the rule of :mod:`mmvae_bench.data.published` for the MNIST files
+(``check`` reports a count other than the published one; ``load`` warns and records the counts
+in ``info["sample_counts"]``).
+
 Reference: I. Daunhawer, T. M. Sutter, K. Chin-Cheong, E. Palumbo, J. E. Vogt, "On the
 Limitations of Multimodal VAEs", ICLR 2022, arXiv 2110.04121.
 """
@@ -45,10 +51,17 @@ from torch import Tensor
 
 from mmvae_bench.data import polymnist
 from mmvae_bench.data.download import require_data_dir
-from mmvae_bench.data.mnist_svhn import check_mnist, fetch_mnist, read_mnist
+from mmvae_bench.data.memory import is_out_of_memory, memory_guard, require_memory
+from mmvae_bench.data.mnist_svhn import EXPECTED_SAMPLES, check_mnist, fetch_mnist, read_mnist
+from mmvae_bench.data.published import (
+    html_page_message,
+    is_html_page,
+    record_counts,
+    torch_load_error,
+)
 from mmvae_bench.data.spec import DataOptions, ModalitySpec, MultimodalDataset, Split
 from mmvae_bench.errors import BenchError
-from mmvae_bench.io import atomic_torch_save, load_tensors
+from mmvae_bench.io import atomic_torch_save
 
 __all__ = [
     "BACKGROUND_DIR",
@@ -77,6 +90,10 @@ DATASET_SEED = 20220125  # fixed: the data must not change with the run seed
 _SPLIT_SEED = {"train": 0, "test": 1}
 _RECIPE_VERSION = 1  # bump when the recipe changes, so cached builds are not reused
 _CHUNK = 10_000  # digits per interpolation: bounds the float32 temporaries (~30 MB)
+_TUPLE_BYTES = len(MODALITIES) * 3 * SIDE * SIDE  # one tuple as uint8
+_MEMORY_HINT = (
+    "free memory or use a machine with more (no option builds part of TranslatedPolyMNIST)"
+)
 
 # The PolyMNIST specs: same images, same nets, Laplace likelihood with scale 0.75.
 SPECS: dict[str, ModalitySpec] = dict(polymnist.SPECS)
@@ -91,7 +108,7 @@ def load(options: DataOptions) -> MultimodalDataset:
 
     Raises:
         BenchError: no data dir, missing or unreadable backgrounds or MNIST files (named, with
-            the fetch command).
+            the fetch command), or not enough memory for the tuples.
     """
     data_dir = require_data_dir(
         options.data_dir,
@@ -107,13 +124,22 @@ def load(options: DataOptions) -> MultimodalDataset:
         "scale": SCALE,
         "seed": DATASET_SEED,
     }
-    for split in ("train", "test"):
-        images, labels = read_mnist(data_dir, split, dataset=NAME)
-        x, y = _cached_split(Path(options.cache_dir), split, images, labels, backgrounds)
-        splits[split] = Split(
-            {m: x[k].to(torch.float32).div_(255.0) for k, m in enumerate(MODALITIES)}, y
+    with memory_guard(NAME, _MEMORY_HINT):
+        digits = {split: read_mnist(data_dir, split, dataset=NAME) for split in ("train", "test")}
+        n = {split: len(labels) for split, (_, labels) in digits.items()}
+        # Resident: both splits as float32; transient: the larger split's uint8 build or cache.
+        require_memory(
+            NAME,
+            sum(n.values()) * _TUPLE_BYTES * 4 + max(n.values()) * _TUPLE_BYTES,
+            _MEMORY_HINT,
         )
-        info[f"n_{split}"] = len(y)
+        for split, (images, labels) in digits.items():
+            x, y = _cached_split(Path(options.cache_dir), split, images, labels, backgrounds)
+            splits[split] = Split(
+                {m: x[k].to(torch.float32).div_(255.0) for k, m in enumerate(MODALITIES)}, y
+            )
+            info[f"n_{split}"] = len(y)
+    info.update(record_counts(NAME, {f"mnist {s}": c for s, c in n.items()}, _published()))
     return MultimodalDataset(
         name=NAME,
         specs=dict(SPECS),
@@ -151,6 +177,8 @@ def read_backgrounds(data_dir: Path) -> tuple[list[Tensor], list[Path]]:
             with Image.open(path) as im:
                 rgb = torch.from_numpy(np.array(im.convert("RGB")))  # (H, W, 3) uint8
         except (OSError, UnidentifiedImageError) as e:
+            if is_html_page(path):
+                raise BenchError(html_page_message(path, "a JPEG image", fix)) from None
             raise BenchError(f"background {path} is unreadable ({e}); {fix}") from None
         height, width = rgb.shape[:2]
         if width <= SIDE or height <= SIDE:
@@ -230,6 +258,10 @@ def check(data_dir: Path) -> list[str]:
     return problems
 
 
+def _published() -> dict[str, int]:
+    return {f"mnist {split}": c for split, c in EXPECTED_SAMPLES["mnist"].items()}
+
+
 def _translated_digits(digits: Tensor, offset: Tensor, size: int) -> Tensor:
     """Digits (n, 28, 28) uint8 shrunk to ``size`` and pasted at ``offset`` -> "on" mask."""
     n = len(digits)
@@ -263,14 +295,18 @@ def _cached_split(
     path = cache_path(cache_dir, f"{split}-{h.hexdigest()[:16]}")
     if path.is_file():
         try:
-            blob = load_tensors(path, what=f"{NAME} cache")
+            blob = torch.load(path, map_location="cpu", weights_only=True)
             x, y = blob["x"], blob["y"]
             if x.shape == (len(MODALITIES), len(labels), 3, SIDE, SIDE) and len(y) == len(labels):
                 return x, y
             logger.warning("rebuilding %s: %s has the wrong shapes", NAME, path)
-        except (BenchError, KeyError) as e:
+        except Exception as e:
+            if is_out_of_memory(e):
+                raise  # for memory_guard: rebuilding would need the same memory
             # Only a cache: it can always be rebuilt, so a bad file is not an error.
-            logger.warning("rebuilding %s: %s", NAME, e)
+            logger.warning(
+                "rebuilding %s: cache %s is unreadable (%s)", NAME, path, torch_load_error(e)
+            )
     logger.info("building %s %s (%d tuples)", NAME, split, len(labels))
     x, y, _ = build_split(images, labels, backgrounds, DATASET_SEED + _SPLIT_SEED[split])
     atomic_torch_save(path, {"x": x, "y": y})

@@ -38,9 +38,24 @@ __all__ = [
     "write_mhd",
     "write_mnist",
     "write_polymnist",
+    "write_html_page",
     "write_svhn",
     "zip_tree",
 ]
+
+
+# ---------------------------------------------------------------------------------------------
+# A failed download: the host's web page saved under the data file's name
+
+
+def write_html_page(path: Path, *, doctype: bool = True) -> Path:
+    """Overwrite ``path`` with a web page like Google Drive's quota answer (leading whitespace
+    included, as such pages often have); ``doctype=False`` starts it with ``<HTML>`` instead."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    head = "<!DOCTYPE html>\n<html lang=en>" if doctype else "<HTML>"
+    body = "<head><title>Google Drive - Quota exceeded</title></head><body>Too many users</body>"
+    path.write_text(f"\n  \t{head}{body}</html>\n")
+    return path
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import fractions
+import logging
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,13 +15,19 @@ from mmvae_bench.data import mhd
 from mmvae_bench.data.download import RemoteFile, part_path
 from mmvae_bench.data.spec import DataOptions
 from mmvae_bench.errors import BenchError
-from tests.data.fixtures import mhd_tuple, serve_directory, write_mhd
+from tests.data.fixtures import mhd_tuple, serve_directory, write_html_page, write_mhd
 
 FETCH = "mmvae-bench data fetch mhd --data-dir"
 
 
 def _load(data_dir: Path):
     return mhd.load(DataOptions(data_dir=data_dir))
+
+
+@pytest.fixture
+def fixture_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The published split sizes set to write_mhd's (30 each): only other problems remain."""
+    monkeypatch.setattr(mhd, "EXPECTED_SAMPLES", {"train": 30, "test": 30})
 
 
 def test_loads_published_layout(tmp_path: Path) -> None:
@@ -111,6 +119,7 @@ def _write_bad(tmp_path: Path, change) -> None:
         (lambda t: {"labels": t[0]}, r"expected a tuple of 6 .* found dict"),
     ],
 )
+@pytest.mark.usefixtures("fixture_sizes")
 def test_corrupt_content_names_file_and_problem(tmp_path: Path, change, message: str) -> None:
     _write_bad(tmp_path, change)
     with pytest.raises(BenchError, match=message) as err:
@@ -129,14 +138,131 @@ def test_truncated_file(tmp_path: Path) -> None:
     assert FETCH in str(err.value)
 
 
-def test_check(tmp_path: Path) -> None:
+def test_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(mhd.check(tmp_path)) == 2  # both missing
     write_mhd(tmp_path)
-    # no published checksum and a size other than the paper's: logged, not problems
+    # no published checksum (logged); 30 samples a split instead of the paper's: problems
+    problems = mhd.check(tmp_path)
+    assert len(problems) == 2 and all(FETCH in p for p in problems)
+    assert (
+        f"{tmp_path / 'mhd_train.pt'}: 30 train samples, the published data has 50000 (fewer)"
+        in problems[0]
+    )
+    assert "30 test samples, the published data has 10000 (fewer)" in problems[1]
+    monkeypatch.setattr(mhd, "EXPECTED_SAMPLES", {"train": 30, "test": 30})
     assert mhd.check(tmp_path) == []
     (tmp_path / "mhd_train.pt").write_bytes(b"not a torch file")
     problems = mhd.check(tmp_path)
     assert len(problems) == 1 and "mhd_train.pt" in problems[0] and FETCH in problems[0]
+
+
+def test_unreadable_file_never_suggests_weights_only_false(tmp_path: Path) -> None:
+    write_mhd(tmp_path)
+    (tmp_path / "mhd_train.pt").write_bytes(b"not a torch file")
+    with pytest.raises(BenchError, match=r"mhd_train\.pt is corrupt or truncated") as err:
+        _load(tmp_path)
+    problems = mhd.check(tmp_path)
+    for message in (str(err.value), *problems):
+        assert "weights_only" not in message and "Re-running" not in message
+
+
+@pytest.mark.parametrize("doctype", [True, False])
+def test_html_page_instead_of_the_file_is_named_as_such(tmp_path: Path, doctype: bool) -> None:
+    write_mhd(tmp_path)
+    write_html_page(tmp_path / "mhd_test.pt", doctype=doctype)
+    expected = (
+        f"{tmp_path / 'mhd_test.pt'} is an HTML page, not a torch file of MHD's 6-tuple: the "
+        f"download probably failed; run `{FETCH} {tmp_path}`"
+    )
+    with pytest.raises(BenchError) as err:
+        _load(tmp_path)
+    assert str(err.value) == expected
+    assert expected in mhd.check(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("index", "value", "reported"),
+    [
+        (
+            1,
+            lambda t: t.index_put_((torch.tensor([3]),), torch.tensor(float("nan"))),
+            "images (784)",
+        ),
+        (
+            2,
+            lambda t: t.index_put_(
+                (torch.tensor([0, 5]), torch.tensor([7, 9])), torch.tensor(float("inf"))
+            ),
+            "trajectories (2)",
+        ),
+        (
+            3,
+            lambda t: t.index_put_((torch.tensor([29]),), torch.tensor(float("-inf"))),
+            "sounds (4096)",
+        ),
+        (4, lambda d: {**d, "max": torch.tensor(float("nan"))}, "trajectory_normalisation (1)"),
+        (
+            5,
+            lambda d: {**d, "min": np.array([np.inf, 0.0], dtype=np.float32)},
+            "sound_normalisation (1)",
+        ),
+    ],
+)
+@pytest.mark.usefixtures("fixture_sizes")
+def test_nan_or_inf_in_any_float_tensor_is_reported(
+    tmp_path: Path, index: int, value, reported: str
+) -> None:
+    write_mhd(tmp_path)
+    t = list(mhd_tuple(3))
+    t[index] = value(t[index])
+    torch.save(tuple(t), tmp_path / "mhd_train.pt")
+    message = f"{tmp_path / 'mhd_train.pt'} holds NaN or infinite values: {reported}"
+    with pytest.raises(BenchError, match=re.escape(message)) as err:
+        _load(tmp_path)
+    assert FETCH in str(err.value)
+    problems = mhd.check(tmp_path)
+    assert len(problems) == 1 and problems[0].startswith(message) and FETCH in problems[0]
+
+
+def test_nan_in_several_tensors_lists_each(tmp_path: Path) -> None:
+    t = list(mhd_tuple(1))
+    t[2][0, 0] = float("nan")
+    t[3][1, 0, 0, 0] = float("inf")
+    tmp_path.mkdir(exist_ok=True)
+    torch.save(tuple(t), tmp_path / "mhd_train.pt")
+    with pytest.raises(
+        BenchError, match=r"NaN or infinite values: trajectories \(1\), sounds \(1\)"
+    ):
+        mhd.read_split(tmp_path, "train")
+
+
+@pytest.mark.usefixtures("fixture_sizes")
+def test_file_with_zero_samples_is_reported(tmp_path: Path) -> None:
+    write_mhd(tmp_path)
+    labels, images, trajectories, sounds, traj_norm, sound_norm = mhd_tuple(1)
+    empty = (labels[:0], images[:0], trajectories[:0], sounds[:0], traj_norm, sound_norm)
+    torch.save(empty, tmp_path / "mhd_test.pt")
+    with pytest.raises(BenchError, match=r"mhd_test\.pt holds no samples") as err:
+        _load(tmp_path)
+    assert FETCH in str(err.value)
+    problems = mhd.check(tmp_path)
+    assert len(problems) == 1 and "mhd_test.pt holds no samples" in problems[0]
+
+
+def test_short_splits_load_with_a_warning_and_are_recorded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_mhd(tmp_path, n_per_class=1)
+    with caplog.at_level(logging.WARNING, logger="mmvae_bench.data.published"):
+        ds = _load(tmp_path)
+    assert len(ds.train) == 10
+    assert ds.info["sample_counts"] == {
+        "train": {"found": 10, "published": 50_000},
+        "test": {"found": 10, "published": 10_000},
+    }
+    assert ds.info["published_counts_match"] is False
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 2 and "mhd train: 10 samples, the published data has 50000" in warned[0]
 
 
 def _serve_mhd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, srv) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,14 @@ from mmvae_bench.data import mnist_svhn
 from mmvae_bench.data.download import RemoteFile, part_path, sha256_file
 from mmvae_bench.data.spec import DataOptions
 from mmvae_bench.errors import BenchError
-from tests.data.fixtures import as_tensor, idx_bytes, serve_directory, write_mnist, write_svhn
+from tests.data.fixtures import (
+    as_tensor,
+    idx_bytes,
+    serve_directory,
+    write_html_page,
+    write_mnist,
+    write_svhn,
+)
 
 FETCH = "mmvae-bench data fetch mnist-svhn --data-dir"
 
@@ -217,7 +225,10 @@ def test_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(problems) == 6 and all("sha256" in p and FETCH in p for p in problems)
     _pin_fixture_hashes(tmp_path, monkeypatch)
     problems = mnist_svhn.check(tmp_path)  # now only the published counts differ
-    assert len(problems) == 4 and "60000" in problems[0]
+    assert len(problems) == 4 and all(FETCH in p for p in problems)
+    raw = tmp_path / "MNIST" / "raw"
+    assert f"{raw}: 28 mnist train samples, the published data has 60000 (fewer)" in problems[0]
+    assert f"{tmp_path}: 26 svhn train samples, the published data has 73257" in problems[1]
     counts = {
         k: {s: sum(c[s]) for s in c} for k, c in (("mnist", MNIST_COUNTS), ("svhn", SVHN_COUNTS))
     }
@@ -264,3 +275,65 @@ def test_fetch_checksum_failure_leaves_no_file(
     assert not (data / "test_32x32.mat").exists()
     assert not part_path(data / "test_32x32.mat").exists()
     assert (data / "train_32x32.mat").is_file()
+
+
+def test_html_pages_instead_of_files_are_named_as_such(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write(tmp_path, gz=True)
+    _pin_fixture_hashes(tmp_path, monkeypatch)
+    fix = f"the download probably failed; run `{FETCH} {tmp_path}`"
+    mat = write_html_page(tmp_path / "test_32x32.mat")
+    with pytest.raises(BenchError) as err:
+        _load(tmp_path, dm=1)
+    assert str(err.value) == f"{mat} is an HTML page, not a MATLAB .mat file: {fix}"
+    raw = tmp_path / "MNIST" / "raw"
+    gz = write_html_page(raw / "train-labels-idx1-ubyte.gz", doctype=False)
+    idx = write_html_page(raw / "t10k-images-idx3-ubyte")
+    problems = mnist_svhn.check(tmp_path)
+    assert f"{gz} is an HTML page, not a gzipped MNIST idx file: {fix}" in problems
+    assert f"{idx} is an HTML page, not an MNIST idx file: {fix}" in problems
+    assert f"{mat} is an HTML page, not a MATLAB .mat file: {fix}" in problems
+    assert len(problems) == 3  # no checksum complaint on top of the web page
+    with pytest.raises(BenchError) as err:
+        mnist_svhn.read_mnist(tmp_path, "test")
+    assert str(err.value) == f"{idx} is an HTML page, not an MNIST idx file: {fix}"
+
+
+def test_files_without_images(tmp_path: Path) -> None:
+    _write(tmp_path)
+    write_mnist(tmp_path, "test", [])
+    with pytest.raises(BenchError, match=r"t10k-images-idx3-ubyte holds no images") as err:
+        _load(tmp_path, dm=1)
+    assert FETCH in str(err.value)
+    _write(tmp_path)
+    scipy.io.savemat(
+        tmp_path / "train_32x32.mat",
+        {"X": np.zeros((32, 32, 3, 0), np.uint8), "y": np.zeros((0, 1), np.uint8)},
+    )
+    with pytest.raises(BenchError, match=r"train_32x32\.mat holds no images"):
+        _load(tmp_path, dm=1)
+
+
+def test_short_files_load_with_a_warning_and_are_recorded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _write(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="mmvae_bench.data.published"):
+        ds = _load(tmp_path, dm=1)
+    assert ds.info["sample_counts"] == {
+        "mnist train": {"found": 28, "published": 60_000},
+        "svhn train": {"found": 26, "published": 73_257},
+        "mnist test": {"found": 20, "published": 10_000},
+        "svhn test": {"found": 20, "published": 26_032},
+    }
+    assert ds.info["published_counts_match"] is False
+    assert sum(r.levelno == logging.WARNING for r in caplog.records) == 4
+
+
+def test_pair_count_matches_build_pairs() -> None:
+    ml = torch.tensor(_labels(MNIST_COUNTS["train"]))
+    sl = torch.tensor(_labels(SVHN_COUNTS["train"]))
+    for dm, cap in ((1, 10_000), (3, 2), (20, 1)):
+        pairs = mnist_svhn.build_pairs(ml, sl, dm=dm, max_per_class=cap)
+        assert mnist_svhn.pair_count(ml, sl, dm=dm, max_per_class=cap) == len(pairs[0])

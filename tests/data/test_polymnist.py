@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -13,7 +14,13 @@ from mmvae_bench.data import polymnist
 from mmvae_bench.data.download import RemoteFile
 from mmvae_bench.data.spec import DataOptions
 from mmvae_bench.errors import BenchError
-from tests.data.fixtures import as_tensor, serve_directory, write_polymnist, zip_tree
+from tests.data.fixtures import (
+    as_tensor,
+    serve_directory,
+    write_html_page,
+    write_polymnist,
+    zip_tree,
+)
 
 FETCH = "mmvae-bench data fetch polymnist --data-dir"
 
@@ -88,7 +95,74 @@ def test_name_missing_in_one_modality_is_named(tmp_path: Path) -> None:
     with pytest.raises(BenchError) as err:
         _load(tmp_path)
     msg = str(err.value)
-    assert "1.7.png" in msg and str(tmp_path / "MMNIST" / "test" / "m2") in msg and FETCH in msg
+    root = tmp_path / "MMNIST" / "test"
+    assert f"{root / 'm2'} lacks 1.7.png, which m0, m1, m3, m4 have" in msg and FETCH in msg
+    assert "m0 lacks" not in msg
+
+
+def test_extra_name_in_one_modality_names_that_folder(tmp_path: Path) -> None:
+    # m2 holds a file the others do not: m2 is the odd folder, not m0 (the first that "lacks" it)
+    write_polymnist(tmp_path)
+    root = tmp_path / "MMNIST" / "train"
+    (root / "m2" / "0.0.png").rename(root / "m2" / "9.3.png")
+    with pytest.raises(BenchError) as err:
+        _load(tmp_path)
+    msg = str(err.value)
+    assert msg.startswith("PolyMNIST file names differ between m0..m4: ")
+    assert f"{root / 'm2'} lacks 0.0.png, which m0, m1, m3, m4 have" in msg
+    assert f"{root / 'm2'} has 9.3.png, which m0, m1, m3, m4 lack" in msg
+    assert all(f"{root / m} " not in msg for m in ("m0", "m1", "m3", "m4")) and FETCH in msg
+    problems = polymnist.check(tmp_path)
+    assert problems[0] == msg
+
+
+def test_names_missing_in_two_modalities_name_both(tmp_path: Path) -> None:
+    write_polymnist(tmp_path)
+    root = tmp_path / "MMNIST" / "test"
+    (root / "m1" / "2.5.png").unlink()
+    (root / "m4" / "2.5.png").unlink()
+    with pytest.raises(BenchError) as err:
+        _load(tmp_path)
+    msg = str(err.value)
+    assert f"{root / 'm1'} lacks 2.5.png, which m0, m2, m3 have" in msg
+    assert f"{root / 'm4'} lacks 2.5.png, which m0, m2, m3 have" in msg
+    assert f"{root / 'm0'} " not in msg
+
+
+def test_split_without_pngs(tmp_path: Path) -> None:
+    write_polymnist(tmp_path)
+    for png in (tmp_path / "MMNIST" / "test").rglob("*.png"):
+        png.unlink()
+    with pytest.raises(BenchError, match=r"MMNIST/test holds no PNG files") as err:
+        _load(tmp_path)
+    assert FETCH in str(err.value)
+
+
+def test_html_page_saved_as_a_png(tmp_path: Path) -> None:
+    write_polymnist(tmp_path)
+    path = write_html_page(tmp_path / "MMNIST" / "train" / "m3" / "1.4.png")
+    expected = (
+        f"{path} is an HTML page, not a PNG image: the download probably failed; "
+        f"run `{FETCH} {tmp_path}`"
+    )
+    with pytest.raises(BenchError) as err:
+        _load(tmp_path)
+    assert str(err.value) == expected
+    assert expected in polymnist.check(tmp_path)
+
+
+def test_short_splits_load_with_a_warning_and_are_recorded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_polymnist(tmp_path, n_per_class=1)
+    with caplog.at_level(logging.WARNING, logger="mmvae_bench.data.published"):
+        ds = _load(tmp_path)
+    assert ds.info["sample_counts"] == {
+        "train": {"found": 10, "published": 60_000},
+        "test": {"found": 10, "published": 10_000},
+    }
+    assert ds.info["published_counts_match"] is False
+    assert sum("polymnist train: 10 samples" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_missing_folder(tmp_path: Path) -> None:
@@ -128,7 +202,9 @@ def test_badly_named_png(tmp_path: Path) -> None:
 def test_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_polymnist(tmp_path)
     problems = polymnist.check(tmp_path)  # 30 tuples, not the published 60,000 / 10,000
-    assert len(problems) == 2 and "60000" in problems[0] and FETCH in problems[0]
+    assert len(problems) == 2 and all(FETCH in p for p in problems)
+    train = tmp_path / "MMNIST" / "train"
+    assert f"{train}: 30 train samples, the published data has 60000 (fewer)" in problems[0]
     monkeypatch.setattr(polymnist, "EXPECTED_TUPLES", {"train": 30, "test": 30})
     assert polymnist.check(tmp_path) == []
     (tmp_path / "MMNIST" / "train" / "m0" / "0.0.png").unlink()

@@ -32,6 +32,7 @@ from mmvae_bench.eval.classifiers import classifier_dir, get_classifiers
 from tests.data.fixtures import (
     idx_bytes,
     mhd_tuple,
+    write_html_page,
     write_mhd,
     write_mnist,
     write_polymnist,
@@ -145,6 +146,10 @@ def test_run_jnf_trains_and_records_on_published_format(name: str, tmp_path: Pat
     assert record["run"]["data_dir"] == str(data_dir)
     n = 10 * case.n_per_class * case.pairs_per_sample
     assert (record["dataset_info"]["train"], record["dataset_info"]["test"]) == (n, n)
+    # fewer samples than published: loaded, and the record says so
+    counts = record["dataset_info"]["sample_counts"]
+    assert all(c["found"] < c["published"] for c in counts.values()), counts
+    assert record["dataset_info"]["published_counts_match"] is False
     assert (tmp_path / "runs" / "r" / "checkpoint.pt").is_file()
 
 
@@ -225,8 +230,12 @@ def test_run_without_data_names_the_file_and_fetch(tmp_path: Path, empty: bool) 
 # -- data fetch / data check ----------------------------------------------------------------
 
 
-def test_data_check_clean_and_broken(tmp_path: Path) -> None:
+def test_data_check_clean_and_broken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_mhd(tmp_path, n_per_class=1)
+    # fewer samples than published: a problem for `data check` (while `run` loads them)
+    out = _invoke(["data", "check", "mhd", "--data-dir", tmp_path], code=2)
+    assert "2 problem(s)" in out and "10 train samples, the published data has 50000" in out
+    monkeypatch.setattr(mhd, "EXPECTED_SAMPLES", {"train": 10, "test": 10})
     out = _invoke(["data", "check", "mhd", "--data-dir", tmp_path])
     assert "no problems" in out
     (tmp_path / "mhd_test.pt").write_bytes((tmp_path / "mhd_test.pt").read_bytes()[:100])
@@ -236,6 +245,17 @@ def test_data_check_clean_and_broken(tmp_path: Path) -> None:
     assert "missing" in out and "mhd_train.pt" in out
     assert "mhd_test.pt is corrupt or truncated" in out
     assert "mmvae-bench data fetch mhd" in out
+    assert "weights_only" not in out
+
+
+def test_data_check_names_a_web_page_saved_as_data(tmp_path: Path) -> None:
+    write_mhd(tmp_path, n_per_class=1)
+    write_html_page(tmp_path / "mhd_train.pt")
+    out = _invoke(["data", "check", "mhd", "--data-dir", tmp_path], code=2)
+    assert f"{tmp_path / 'mhd_train.pt'} is an HTML page, not a torch file" in out
+    assert "the download probably failed" in out and "weights_only" not in out
+    out = _invoke(["run", "mvae", "--dataset", "mhd", "--data-dir", tmp_path, *TINY], code=2)
+    assert "error:" in out and "is an HTML page" in out
 
 
 def test_data_check_polymnist_names_the_missing_file(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from mmvae_bench.data import mnist_svhn, polymnist
 from mmvae_bench.data import translated_polymnist as tp
 from mmvae_bench.data.spec import DataOptions
 from mmvae_bench.errors import BenchError
-from tests.data.fixtures import write_mnist
+from tests.data.fixtures import write_html_page, write_mnist
 
 FETCH = "mmvae-bench data fetch translated-polymnist --data-dir"
 LABELS = {"train": np.repeat(np.arange(10), 3), "test": np.tile(np.arange(10), 2)}
@@ -207,6 +207,30 @@ def test_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         f"PolyMNIST background images (the .jpg files of its generation code) into "
         f"{tmp_path / 'backgrounds'}"
     ]
+
+
+def test_html_pages_instead_of_files_are_named_as_such(tmp_path: Path) -> None:
+    write_data(tmp_path)
+    bg = write_html_page(tmp_path / "backgrounds" / "bg2.jpg")
+    with pytest.raises(BenchError, match=rf"^{bg} is an HTML page, not a JPEG image: the download"):
+        _load(tmp_path, tmp_path / "cache")
+    idx = write_html_page(tmp_path / "MNIST" / "raw" / "train-labels-idx1-ubyte")
+    problems = tp.check(tmp_path)
+    assert problems[0] == (
+        f"{idx} is an HTML page, not an MNIST idx file: the download probably failed; "
+        f"run `{FETCH} {tmp_path}`"
+    )
+    assert problems[-1].startswith(f"{bg} is an HTML page, not a JPEG image")
+
+
+def test_short_mnist_loads_and_is_recorded(tmp_path: Path) -> None:
+    write_data(tmp_path)
+    ds = _load(tmp_path, tmp_path / "cache")
+    assert ds.info["sample_counts"] == {
+        "mnist train": {"found": 30, "published": 60_000},
+        "mnist test": {"found": 20, "published": 10_000},
+    }
+    assert ds.info["published_counts_match"] is False
 
 
 def test_fetch_gets_mnist_then_needs_the_backgrounds(
