@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -193,12 +194,15 @@ def coerce_value(name: str, raw: Any, typ: Any) -> Any:
         except ValueError:
             raise BenchError(f"{name} must be an integer, got {raw!r}") from None
     if typ is float:
-        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-            return float(raw)
+        if isinstance(raw, bool):
+            raise BenchError(f"{name} must be a number, got {raw!r}")
         try:
-            return float(str(raw))
-        except ValueError:
+            value = float(raw) if isinstance(raw, int | float) else float(str(raw))
+        except (ValueError, OverflowError):
             raise BenchError(f"{name} must be a number, got {raw!r}") from None
+        if not math.isfinite(value):
+            raise BenchError(f"{name} must be a finite number, got {raw!r}")
+        return value
     if typ is str:
         return str(raw)
     if typ is Path:
@@ -243,10 +247,14 @@ def make_config(cls: type, values: Mapping[str, Any]) -> Any:
 
 def load_toml(path: Path) -> dict[str, Any]:
     """Read a TOML file; a missing or malformed file is a :class:`BenchError` naming it."""
+    if Path(path).is_dir():
+        raise BenchError(f"config file {path} is a folder, not a TOML file")
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
         raise BenchError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise BenchError(f"config file {path} is unreadable: {e}") from None
     except tomllib.TOMLDecodeError as e:
         raise BenchError(f"{path}: invalid TOML: {e}") from None

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -102,6 +103,10 @@ class ModelConfig:
                 raise BenchError(f"{name} must be > 0, got {value}")
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # inf/nan reach no loss: refused where they enter, named
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise BenchError(f"{f.name} must be a finite number, got {value}")
         if self.latent_dim is not None and self.latent_dim < 1:
             raise BenchError(f"latent_dim must be >= 1, got {self.latent_dim}")
         if self.batch_size < 1:

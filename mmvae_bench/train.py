@@ -290,6 +290,8 @@ def _run_stage(
                 kwargs = {"epoch": steps / steps_per_epoch} if stage.pass_epoch else {}
                 with accelerator.autocast():
                     out = model.loss(batch, stage.name, extra, **kwargs)
+                if steps == 0:
+                    _check_loss_output(model, stage.name, out)
                 loss = out["loss"]
                 opt.zero_grad(set_to_none=True)
                 accelerator.backward(loss)
@@ -331,6 +333,24 @@ def _run_stage(
         samples_per_s=samples / wall if wall > 0 else 0.0,
         loss=last,
     )
+
+
+def _check_loss_output(model: MultimodalVAE, stage: str, out: Any) -> None:
+    """The first step's ``loss()`` result follows the contract: a dict with a scalar "loss"."""
+    name = type(model).__name__
+    if not isinstance(out, Mapping) or "loss" not in out:
+        keys = sorted(out) if isinstance(out, Mapping) else type(out).__name__
+        raise BenchError(
+            f"{name}.loss(batch, {stage!r}) must return a dict with a scalar 'loss' (the "
+            f"quantity to minimise) and named parts; got {keys}"
+        )
+    loss = out["loss"]
+    if not isinstance(loss, Tensor) or loss.dim() != 0 or not loss.requires_grad:
+        what = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+        raise BenchError(
+            f"{name}.loss(batch, {stage!r})['loss'] must be a scalar tensor with gradients, "
+            f"got {what}"
+        )
 
 
 def _check_finite(pending: list[Tensor], stage: str, epoch: int, step: int) -> None:

@@ -109,6 +109,8 @@ def train_classifiers(
     ``epochs`` defaults to the dataset's ``classifier_epochs``.
     """
     epochs = dataset.classifier_epochs if epochs is None else epochs
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise BenchError(f"classifier epochs must be an integer >= 1, got {epochs!r}")
     out_dir = classifier_dir(dataset, cache_dir, epochs)
     result: dict[str, Classifier] = {}
     for i, m in enumerate(modalities or list(dataset.specs)):
@@ -152,11 +154,18 @@ def _load_one(
         what=f"classifier for '{m}'",
         fix=f"mmvae-bench classifiers train --dataset {dataset.name}",
     )
+    if not isinstance(blob, dict) or not isinstance(blob.get("state_dict"), dict):
+        raise BenchError(
+            f"classifier weights {path} are not a classifier file (expected a dict with a "
+            f"'state_dict' of tensors, got {type(blob).__name__}); "
+            f"train one with `mmvae-bench classifiers train --dataset {dataset.name}`"
+        )
     net = build_classifier(dataset.specs[m], dataset.n_classes)
     try:
         net.load_state_dict(blob["state_dict"])
-    except (KeyError, RuntimeError) as e:
-        raise BenchError(f"classifier weights {path} do not fit '{m}': {e}") from None
+    except (KeyError, RuntimeError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BenchError(f"classifier weights {path} do not fit '{m}': {first}") from None
     net.to(device).eval().requires_grad_(False)
     acc = blob.get("accuracy")
     if acc is None:  # published weights come without our accuracy: measure it
