@@ -319,6 +319,11 @@ def _random_inception(path: Path) -> dict[str, Tensor]:
         mp.setattr(inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None)
         net = inception.FeatureExtractorInceptionV3(fidlib.INCEPTION_NAME, ["2048"])
     state = net.state_dict()
+    # Default init shrinks activations ~6x per conv + ReLU: over ~90 layers the 2048 features
+    # vanish (~1e-8, FID ~1e-13). BatchNorm scales of sqrt(6) keep them O(1).
+    for k, v in state.items():
+        if k.endswith("bn.weight"):
+            v.fill_(6**0.5)
     torch.save(state, path)
     return state
 
@@ -377,7 +382,7 @@ def test_inception_weights_that_are_not_a_state_dict_are_refused(tmp_path: Path)
 
 @pytest.mark.slow
 def test_inception_fid_equals_torch_fidelitys_on_the_same_weights(tmp_path: Path) -> None:
-    # ~15 s on one CPU thread: Inception at 299x299 and two 2048x2048 eigen-decompositions.
+    # ~10-15 s on one CPU thread: Inception at 299x299 and two 2048x2048 eigen-decompositions.
     import torch_fidelity
 
     weights = tmp_path / "inception.pth"
@@ -398,4 +403,5 @@ def test_inception_fid_equals_torch_fidelitys_on_the_same_weights(tmp_path: Path
         save_cpu_ram=True,
         verbose=False,
     )[torch_fidelity.KEY_METRIC_FID]
-    assert ours == pytest.approx(theirs, rel=1e-6)
+    assert theirs > 1  # features that do not vanish: a relative check means something
+    assert ours == pytest.approx(theirs, rel=1e-6)  # measured: 5e-11
