@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,13 @@ import torch
 
 from mmvae_bench.errors import BenchError
 
-__all__ = ["atomic_write", "atomic_write_json", "atomic_torch_save", "load_tensors"]
+__all__ = [
+    "atomic_torch_save",
+    "atomic_write",
+    "atomic_write_json",
+    "load_tensors",
+    "torch_load_error",
+]
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
@@ -61,6 +68,25 @@ def atomic_torch_save(path: Path, obj: Any) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def torch_load_error(e: BaseException) -> str:
+    """What went wrong in a ``torch.load(weights_only=True)``, without torch's own advice.
+
+    torch's message for any file it cannot unpickle safely suggests loading with
+    ``weights_only=False``, which would run arbitrary code from an untrusted file (DESIGN §10);
+    only the first sentence of the unpickler's own diagnosis is kept (the next one advises
+    allowlisting the type it refused).
+    """
+    msg = str(e)
+    found = re.search(
+        r"WeightsUnpickler error:\s*(.*?)\s*(?:\n\s*\n|Check the documentation|$)", msg, re.S
+    )
+    if found and found.group(1):
+        msg = re.split(r"\.\s", found.group(1), maxsplit=1)[0]
+    elif "weights_only" in msg:
+        msg = "not a file torch can load safely"
+    return f"{type(e).__name__}: {' '.join(msg.split())}"
+
+
 def load_tensors(path: Path, *, what: str = "file", fix: str = "") -> Any:
     """``torch.load(path, weights_only=True)``; missing or corrupt files raise ``BenchError``.
 
@@ -77,5 +103,5 @@ def load_tensors(path: Path, *, what: str = "file", fix: str = "") -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise BenchError(
-            f"{what} {path} is corrupt or unreadable ({type(e).__name__}: {e}){hint}"
+            f"{what} {path} is corrupt or unreadable ({torch_load_error(e)}){hint}"
         ) from None

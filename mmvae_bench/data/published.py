@@ -13,11 +13,11 @@ with no samples at all is an error for both.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
 from mmvae_bench.errors import BenchError
+from mmvae_bench.io import torch_load_error
 
 __all__ = [
     "count_problems",
@@ -65,25 +65,6 @@ def reject_html_page(path: Path, fmt: str, fix: str) -> None:
     """
     if is_html_page(path):
         raise BenchError(html_page_message(path, fmt, fix))
-
-
-def torch_load_error(e: BaseException) -> str:
-    """What went wrong in a ``torch.load(weights_only=True)``, without torch's own advice.
-
-    torch's message for any file it cannot unpickle safely suggests loading with
-    ``weights_only=False``, which would run arbitrary code from an untrusted file (DESIGN §10);
-    only the first sentence of the unpickler's own diagnosis is kept (the next one advises
-    allowlisting the type it refused).
-    """
-    msg = str(e)
-    found = re.search(
-        r"WeightsUnpickler error:\s*(.*?)\s*(?:\n\s*\n|Check the documentation|$)", msg, re.S
-    )
-    if found and found.group(1):
-        msg = re.split(r"\.\s", found.group(1), maxsplit=1)[0]
-    elif "weights_only" in msg:
-        msg = "not a file torch can load safely"
-    return f"{type(e).__name__}: {' '.join(msg.split())}"
 
 
 def count_problems(
