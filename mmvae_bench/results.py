@@ -277,7 +277,7 @@ def migrate(raw: Any) -> dict[str, Any]:
     if version == 1:
         stages = data.get("stages")
         data["epochs"] = (
-            {name: s.get("epochs") for name, s in stages.items() if isinstance(s, dict)}
+            {n: s["epochs"] for n, s in stages.items() if isinstance(s, dict) and "epochs" in s}
             if isinstance(stages, dict)
             else {}
         )
