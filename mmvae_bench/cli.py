@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -143,6 +142,26 @@ InceptionWeightsOpt = Annotated[
 ]
 
 
+def command_line(ctx: typer.Context) -> list[str]:
+    """The running command as a canonical command line: its arguments, then every option
+    given a value other than its default (what the record stores to reproduce the run)."""
+    parts = ["mmvae-bench", *ctx.command_path.split()[1:]]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.param_type_name == "argument":
+            parts += [str(v) for v in (value if isinstance(value, list | tuple) else [value])]
+            continue
+        if value == param.default or value is None or value == [] or value == ():
+            continue
+        if getattr(param, "is_flag", False):
+            flag = param.opts[0] if value else (param.secondary_opts or [None])[0]
+            parts += [flag] if flag else []
+            continue
+        for v in value if param.multiple else [value]:
+            parts += [param.opts[0], str(v)]
+    return parts
+
+
 def protocol_choice(quick: bool, protocol: str | None) -> str:
     """``--quick`` or ``--protocol NAME`` (default full); both naming different ones is an error."""
     if quick and protocol not in (None, "quick"):
@@ -163,6 +182,7 @@ def fid_choice(fid: bool, extractor: str | None, inception_weights: Path | None)
 @app.command()
 @user_errors
 def run(
+    ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="Model name (see `mmvae-bench models`).")],
     dataset: Annotated[str, typer.Option(help="Dataset name.")] = "polymnist-lite",
     seed: Annotated[int, typer.Option(help="Seed of init, batching and sampling.")] = 0,
@@ -250,7 +270,7 @@ def run(
         mode="overwrite" if overwrite else "resume" if resume else "new",
         progress=True,
         status=say,
-        command=["mmvae-bench", *sys.argv[1:]],
+        command=command_line(ctx),
     )
     print_record(record, Path(out) / record.run_id)
 

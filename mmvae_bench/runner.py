@@ -497,6 +497,13 @@ def load_run(
             f"checkpoint {path} lacks stage(s) {missing}: it is from an unfinished run; "
             f"continue it with `mmvae-bench run {record.model} --run-id {record.run_id} --resume`"
         )
+    if record.model not in registry.models and record.plugins:
+        # Plugin code is never loaded from a path a record names: the user passes it.
+        files = " ".join(f"--plugin {p.path}" for p in record.plugins)
+        raise BenchError(
+            f"model '{record.model}' of run {run_dir} comes from a plugin file; pass {files} "
+            "(the record holds its sha256)"
+        )
     entry = registry.model(record.model)
     rc = record.run
     cfg = RunConfig(

@@ -10,6 +10,7 @@ uninstall afterwards.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -156,6 +157,22 @@ def test_a_plugin_file_runs_through_the_cli(cache_dir: Path, tmp_path: Path) -> 
     record = json.loads((out / "file" / "results.json").read_text())
     assert record["status"] == "ok" and record["model"] == "poe-vae"
     assert 0.0 <= record["metrics"]["joint_coherence"] <= 1.0
+    # The record names the plugin file and its content, and the command that ran.
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert record["plugins"] == [{"path": str(path.resolve()), "sha256": digest}]
+    cmd = record["command"]
+    assert cmd[:3] == ["mmvae-bench", "run", "poe-vae"]
+    pairs = {tuple(cmd[i : i + 2]) for i in range(3, len(cmd) - 1)}
+    assert {("--plugin", str(path)), ("--run-id", "file"), ("--epochs", "1")} <= pairs
+    assert "--quick" in cmd
+    # evaluate without the plugin says which file to pass; a leaderboard row reproduces with it.
+    res = runner.invoke(app, ["evaluate", str(out / "file"), "--no-fid", "--threads", "1"])
+    assert res.exit_code == 2 and f"--plugin {path.resolve()}" in res.output, res.output
+    res = runner.invoke(app, ["leaderboard", "build", "--runs", str(out), "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    board = json.loads((tmp_path / "circles-squares.json").read_text())
+    [row] = board["rows"]
+    assert f"--plugin {path.resolve()}" in row["reproduce"][0]
 
 
 def test_an_entry_point_clashing_with_a_builtin_names_both(
