@@ -576,36 +576,18 @@ def sweep(
     """Sweep a grid of configs x seeds on Ray Tune; each trial is an ordinary run."""
     from mmvae_bench import sweep as sweeps
 
+    # The command line in sweep-file keys (sweep.SWEEP_KEYS): parameters named as the keys go
+    # across as given; the few that need parsing or another name are converted here.
+    params = {k: v for k, v in locals().items() if k in sweeps.SWEEP_KEYS}
     given = {
-        "model": model,
-        "dataset": dataset,
+        **params,
         "grid": sweeps.parse_pairs(grid, "--grid", lists=True) if grid else None,
-        "seeds": seeds,
         "set": sweeps.parse_pairs(set_, "--set") if set_ else None,
         "epochs": parse_epochs(epochs) if epochs else None,
         "quick": True if quick else None,
-        "protocol": protocol,
-        "threads": threads,
-        "out": out,
-        "cache_dir": cache_dir,
-        "data_dir": data_dir,
-        "device": device,
-        "precision": precision,
-        "evaluate": evaluate,
-        "sampler": sampler,
-        "fid": _sweep_fid(fid, fid_extractor, inception_weights),
-        "inception_weights": inception_weights,
-        "classifier_weights": classifier_weights,
-        "plugins": plugin or None,
-        "cpus": cpus,
-        "cpus_per_trial": cpus_per_trial,
-        "gpus_per_trial": gpus_per_trial,
-        "address": address,
-        "storage": storage,
-        "name": name,
         "resume": True if resume else None,
-        "max_concurrent": max_concurrent,
-        "heatmap": heatmap,
+        "fid": _sweep_fid(fid, fid_extractor, inception_weights),
+        "plugins": plugin or None,
     }
     base = sweeps.load_sweep_file(config) if config else {}
     values = sweeps.merge_sweep_values(base, {k: v for k, v in given.items() if v is not None})

@@ -144,8 +144,7 @@ class SweepConfig:
                 raise BenchError(f"grid axis '{k}' has no values")
             if len({repr(v) for v in values}) != len(values):
                 raise BenchError(f"grid axis '{k}' repeats a value: {list(values)}")
-        if not self.name or _SAFE.search(self.name) or self.name.startswith("."):
-            raise BenchError(f"name must use only letters, digits and ._=-, got {self.name!r}")
+        check_name(self.name, "sweep name")  # a folder under storage, the run-id prefix
         if not self.cpus_per_trial > 0:
             raise BenchError(f"cpus_per_trial must be > 0, got {self.cpus_per_trial}")
         g = self.gpus_per_trial
@@ -343,13 +342,11 @@ def sweep_config(values: Mapping[str, Any], registry: Registry) -> SweepConfig:
     heatmap = values.get("heatmap")
     if isinstance(heatmap, str):
         heatmap = heatmap.split(",")
-    name = str(values.get("name") or f"{model}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    check_name(name, "sweep name")  # a folder under --storage and the trials' run-id prefix
     return SweepConfig(
         run=run,
         grid=grid,
         seeds=_seeds(values.get("seeds", 1)),
-        name=name,
+        name=str(values.get("name") or f"{model}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"),
         storage=_abs(values.get("storage", "sweeps")),
         plugins=tuple(_abs(p) for p in values.get("plugins", ())),
         address=values.get("address") or None,

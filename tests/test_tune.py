@@ -29,7 +29,7 @@ from mmvae_bench import tune
 from mmvae_bench.cli import app
 from mmvae_bench.errors import BenchError
 from mmvae_bench.plugins import load_registry
-from mmvae_bench.results import read_record
+from mmvae_bench.results import RunRecord
 from tests.tiny import TINY_RUN
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,13 +101,13 @@ def test_grid_of_beta_and_flow_depth_over_seeds(
     assert [t["status"] for t in trials] == ["ok"] * 8, trials
     for t in trials:
         # Each trial is an ordinary run record, named by sweep and grid point.
-        record = read_record(tmp_path / "runs" / t["run_id"])
-        assert t["run_id"].startswith("grid-beta") and record["run_id"] == t["run_id"]
-        assert record["status"] == "ok" and record["seed"] == t["seed"]
-        assert record["config"]["beta"] == t["params"]["beta"]
-        assert record["config"]["flow_depth"] == t["params"]["flow_depth"]
-        assert record["config"]["latent_dim"] == 4 and record["run"]["threads"] == 1
-        assert record["protocol"]["name"] == "quick"
+        record = RunRecord.load(tmp_path / "runs" / t["run_id"])
+        assert t["run_id"].startswith("grid-beta") and record.run_id == t["run_id"]
+        assert record.status == "ok" and record.seed == t["seed"]
+        assert record.config["beta"] == t["params"]["beta"]
+        assert record.config["flow_depth"] == t["params"]["flow_depth"]
+        assert record.config["latent_dim"] == 4 and record.run["threads"] == 1
+        assert record.protocol["name"] == "quick"
         assert 0.0 <= t["metrics"]["cond_coherence_1"] <= 1.0
         assert 0.0 <= t["metrics"]["joint_coherence"] <= 1.0
         assert t["node_ip"] == tune.LOOPBACK
@@ -146,9 +146,9 @@ def test_a_diverging_config_fails_alone(
     bad, good = trials[float("inf")], trials[1.0]
     assert bad["status"] == "failed"
     assert bad["error"].startswith("NonFiniteLossError: non-finite loss")
-    assert read_record(tmp_path / "runs" / bad["run_id"])["status"] == "failed"
+    assert RunRecord.load(tmp_path / "runs" / bad["run_id"]).status == "failed"
     assert good["status"] == "ok" and good["metrics"]["cond_coherence_1"] >= 0.0
-    assert read_record(tmp_path / "runs" / good["run_id"])["status"] == "ok"
+    assert RunRecord.load(tmp_path / "runs" / good["run_id"]).status == "ok"
     assert "1 ok, 1 failed" in res.output
 
 
@@ -348,8 +348,8 @@ def test_seeds_are_a_count_or_a_list(raw: object, seeds: tuple[int, ...]) -> Non
         ({"device": "cuda"}, "device cuda needs gpus_per_trial > 0"),
         ({"cpus": 2, "address": "auto"}, "cpus sizes a local Ray"),
         ({"heatmap": "beta,seed", "grid": {"beta": [1]}}, "heatmap takes two distinct grid axes"),
-        ({"name": "a/b"}, "name must use only"),
-        ({"protocol": "slow"}, "unknown protocol 'slow'"),
+        ({"name": "a/b"}, "is not a safe name"),
+        ({"protocol": "slow"}, "protocol must be one of \\['full', 'quick'\\], got 'slow'"),
         ({"sampler": "vamp"}, "sampler must be one of"),
         ({"fid": "swav"}, "fid must be one of"),
         ({"fid": "inception", "inception_weights": "/nowhere/w.pth"}, "w.pth"),
@@ -408,3 +408,15 @@ def test_heatmap_marks_failed_cells_and_best_takes_the_mean_over_seeds(tmp_path:
     best = sweeps.best_configs(trials)["cond_coherence_1"]
     assert best["params"] == {"beta": 1.0, "flow_depth": 1}
     assert best["mean"] == pytest.approx(0.9) and (best["seeds"], best["of"]) == (1, 2)
+
+
+def test_every_sweep_file_key_is_a_command_line_option() -> None:
+    """The keys of a sweep file and the options of `mmvae-bench sweep` are one set."""
+    from typer.main import get_command
+
+    from mmvae_bench.cli import app
+    from mmvae_bench.sweep import SWEEP_KEYS
+
+    sweep = get_command(app).commands["sweep"]
+    names = {p.name for p in sweep.params} - {"config", "fid_extractor", "set_", "plugin"}
+    assert names | {"set", "plugins"} == set(SWEEP_KEYS)
