@@ -35,14 +35,13 @@ fi
 # Dataset and classifiers once, before the runs race to create them.
 python3 - "$dataset" "$device" <<'EOF' || exit 1
 import sys, time
-from mmvae_bench.config import RunConfig
+from mmvae_bench.config import DEFAULT_CACHE_DIR
 from mmvae_bench.eval.classifiers import dataset_fingerprint, get_classifiers
 from mmvae_bench.plugins import load_registry
 from mmvae_bench.runner import load_dataset
 t = time.perf_counter()
-cfg = RunConfig(model="-", dataset=sys.argv[1])
-ds = load_dataset(load_registry(), cfg)
-clf = get_classifiers(ds, cfg.cache_dir, device=sys.argv[2])
+ds = load_dataset(load_registry(), sys.argv[1])
+clf = get_classifiers(ds, DEFAULT_CACHE_DIR, device=sys.argv[2])
 print(ds.name, "fingerprint", dataset_fingerprint(ds), "classifiers", {m: round(c.accuracy, 3) for m, c in clf.items()},
       f"ready in {time.perf_counter() - t:.0f} s")
 EOF

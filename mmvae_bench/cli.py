@@ -18,6 +18,7 @@ from rich.logging import RichHandler
 from rich.text import Text
 
 from mmvae_bench.config import (
+    DEFAULT_CACHE_DIR,
     Device,
     Precision,
     ProtocolName,
@@ -70,7 +71,7 @@ DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or auto.")]
 ThreadsOpt = Annotated[int, typer.Option(help="torch threads.")]
 PublishedDataOpt = Annotated[Path | None, typer.Option(help="Where published datasets live.")]
 CacheDirOpt = Annotated[Path, typer.Option(help="Dataset/classifier cache.")]
-DEFAULT_CACHE = Path(".cache/mmvae-bench")
+DEFAULT_CACHE = DEFAULT_CACHE_DIR
 ClassifierWeightsOpt = Annotated[
     Path | None,
     typer.Option(
@@ -309,8 +310,7 @@ def classifiers_train(
 
     torch.set_num_threads(threads)
     reg = _registry(None)
-    cfg = RunConfig(model="-", dataset=dataset, data_dir=data_dir, cache_dir=cache_dir)
-    ds = load_dataset(reg, cfg)
+    ds = load_dataset(reg, dataset, data_dir=data_dir, cache_dir=cache_dir)
     result = train_classifiers(ds, cache_dir, epochs=epochs, device=resolve_device(device))
     console.print(classifiers_table(dataset, result, ds.classifier_floor))
     console.print(Text(f"cached in {classifier_dir(ds, cache_dir, epochs)}"))

@@ -16,6 +16,7 @@ import tomllib
 from mmvae_bench.errors import BenchError
 
 __all__ = [
+    "DEFAULT_CACHE_DIR",
     "MAX_SEED",
     "ProtocolName",
     "RunConfig",
@@ -32,6 +33,7 @@ Precision = Literal["no", "bf16", "fp16"]
 SamplerKind = Literal["prior", "gmm", "flow"]  # latent samplers, see mmvae_bench.samplers
 FIDKind = Literal["classifier", "inception"]  # FID feature extractors, see eval/fid.py
 ProtocolName = Literal["full", "quick"]  # evaluation protocols, see eval/protocol.py
+DEFAULT_CACHE_DIR = Path(".cache/mmvae-bench")  # built-in datasets, classifiers, FID statistics
 # Seeds reach torch, NumPy and scikit-learn; the last two take 0 <= seed < 2**32.
 MAX_SEED = 2**32 - 1
 
@@ -76,7 +78,7 @@ class RunConfig:
     out: Path = Path("runs")
     protocol: ProtocolName = "full"
     data_dir: Path | None = None
-    cache_dir: Path = Path(".cache/mmvae-bench")
+    cache_dir: Path = DEFAULT_CACHE_DIR
     epochs: Mapping[str, int] = field(default_factory=dict)
     overrides: Mapping[str, Any] = field(default_factory=dict)
     precision: Precision = "no"

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from accelerate import Accelerator
 
-from mmvae_bench.config import RunConfig, make_config
+from mmvae_bench.config import DEFAULT_CACHE_DIR, RunConfig, make_config
 from mmvae_bench.data.spec import DataOptions, MultimodalDataset
 from mmvae_bench.errors import BenchError
 from mmvae_bench.eval.classifiers import get_classifiers
@@ -57,6 +57,7 @@ __all__ = [
     "resolve_device",
     "resolve_model_config",
     "run",
+    "run_dataset",
     "save_checkpoint",
 ]
 
@@ -86,15 +87,29 @@ def resolve_model_config(
     return make_config(entry.config, values)
 
 
-def load_dataset(registry: Registry, cfg: RunConfig) -> MultimodalDataset:
-    """Load the run's dataset through the registry."""
-    entry = registry.dataset(cfg.dataset)
+def load_dataset(
+    registry: Registry,
+    name: str,
+    *,
+    data_dir: Path | str | None = None,
+    cache_dir: Path | str = DEFAULT_CACHE_DIR,
+    seed: int = 0,
+) -> MultimodalDataset:
+    """Load dataset ``name`` through the registry (published ones from ``data_dir``)."""
+    entry = registry.dataset(name)
     opts = DataOptions(
-        data_dir=Path(cfg.data_dir).expanduser().resolve() if cfg.data_dir else None,
-        cache_dir=Path(cfg.cache_dir).expanduser(),
-        seed=cfg.seed,
+        data_dir=Path(data_dir).expanduser().resolve() if data_dir else None,
+        cache_dir=Path(cache_dir).expanduser(),
+        seed=seed,
     )
     return entry.load(opts)
+
+
+def run_dataset(registry: Registry, cfg: RunConfig) -> MultimodalDataset:
+    """The dataset a run config names."""
+    return load_dataset(
+        registry, cfg.dataset, data_dir=cfg.data_dir, cache_dir=cfg.cache_dir, seed=cfg.seed
+    )
 
 
 def fid_settings(kind: str | None, inception_weights: Path | None = None) -> FIDSettings | None:
@@ -162,7 +177,7 @@ def run(
     device = resolve_device(cfg.device)
     fid = run_fid_settings(cfg)
     plugins = [_plugin_file(p) for p in cfg.plugins]
-    dataset = load_dataset(registry, cfg)
+    dataset = run_dataset(registry, cfg)
     config = resolve_model_config(entry, dataset, dict(cfg.overrides))
     _seed_everything(cfg.seed)
     model = entry.cls(dataset, config)
@@ -505,15 +520,13 @@ def load_run(
             "(the record holds its sha256)"
         )
     entry = registry.model(record.model)
-    rc = record.run
-    cfg = RunConfig(
-        model=record.model,
-        dataset=record.dataset,
+    dataset = load_dataset(
+        registry,
+        record.dataset,
+        data_dir=record.run.get("data_dir"),
+        cache_dir=record.run.get("cache_dir") or DEFAULT_CACHE_DIR,
         seed=record.seed,
-        data_dir=Path(rc["data_dir"]) if rc.get("data_dir") else None,
-        cache_dir=Path(rc.get("cache_dir") or ".cache/mmvae-bench"),
     )
-    dataset = load_dataset(registry, cfg)
     config = make_config(entry.config, record.config)
     model = entry.cls(dataset, config)
     _load_weights(model, blob, path)
@@ -552,7 +565,7 @@ def evaluate_run(
         if classifier_weights is not None:
             get_classifiers(
                 dataset,
-                Path(record.run.get("cache_dir") or ".cache/mmvae-bench"),
+                Path(record.run.get("cache_dir") or DEFAULT_CACHE_DIR),
                 device=dev,
                 weights_dir=classifier_weights,
             )
@@ -576,7 +589,7 @@ def evaluate_run(
             model,
             dataset,
             proto,
-            cache_dir=Path(record.run.get("cache_dir") or ".cache/mmvae-bench"),
+            cache_dir=Path(record.run.get("cache_dir") or DEFAULT_CACHE_DIR),
             device=dev,
             progress=say,
             registry=registry,

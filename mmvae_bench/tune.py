@@ -170,11 +170,11 @@ def _prepare_classifiers(cfg: SweepConfig, say: Callable[[str], None]) -> None:
     import torch
 
     from mmvae_bench.eval.classifiers import get_classifiers
-    from mmvae_bench.runner import load_dataset, resolve_device
+    from mmvae_bench.runner import resolve_device, run_dataset
 
     torch.set_num_threads(cfg.run.threads)
     registry = load_registry(cfg.plugins)
-    dataset = load_dataset(registry, dataclasses.replace(cfg.run, seed=cfg.seeds[0]))
+    dataset = run_dataset(registry, dataclasses.replace(cfg.run, seed=cfg.seeds[0]))
     device = resolve_device(cfg.run.device) if cfg.gpus_per_trial > 0 else torch.device("cpu")
     weights = cfg.run.classifier_weights
     say(f"coherence classifiers for {dataset.name}: " + (str(weights) if weights else "cache"))
