@@ -138,12 +138,12 @@ def test_grid_of_beta_and_flow_depth_over_seeds(
 def test_a_diverging_config_fails_alone(
     ray_address: str, tmp_path: Path, sweep_cache: Path
 ) -> None:
-    # beta = inf passes config validation (beta >= 0) and makes the first joint loss inf:
-    # the trainer raises NonFiniteLossError at step 1, every time.
-    res = runner.invoke(app, _args("nan", tmp_path, sweep_cache, "--grid", "beta=1,inf"))
+    # lr = 1e30 is a valid config whose second Adam step overflows the weights: the trainer
+    # raises NonFiniteLossError (step 2 here), every time.
+    res = runner.invoke(app, _args("nan", tmp_path, sweep_cache, "--grid", "lr=0.001,1e30"))
     assert res.exit_code == 0, res.output
-    trials = {t["params"]["beta"]: t for t in _summary(tmp_path, "nan")["trials"]}
-    bad, good = trials[float("inf")], trials[1.0]
+    trials = {t["params"]["lr"]: t for t in _summary(tmp_path, "nan")["trials"]}
+    bad, good = trials[1e30], trials[0.001]
     assert bad["status"] == "failed"
     assert bad["error"].startswith("NonFiniteLossError: non-finite loss")
     assert RunRecord.load(tmp_path / "runs" / bad["run_id"]).status == "failed"
