@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -256,9 +257,26 @@ class MultimodalVAE(nn.Module):
         return tuple(sorted(subset))
 
     def unknown_stage(self, stage: str) -> BenchError:
-        """The error for a stage this model does not declare."""
+        """The error for a stage ``loss()`` does not handle: ``raise self.unknown_stage(stage)``.
+
+        It names the stage the model was called with and the declared ones, both as ``repr``
+        (a stray space or capital shows), with the closest declared name. When ``stage`` *is*
+        declared, the model's own code compared it with a misspelt name, and it says so.
+        """
+        cls = type(self).__name__
         names = [s.name for s in self.stages]
-        return BenchError(f"{type(self).__name__} has no stage '{stage}'; stages: {names}")
+        if stage in names:
+            return BenchError(
+                f"{cls} was called with stage {stage!r}, which it declares (stages: {names!r}), "
+                "yet raised unknown_stage: a stage name that its loss() or precompute() "
+                "compares with is not one of the declared ones (a typo?)"
+            )
+        close = difflib.get_close_matches(stage, names, n=1) if isinstance(stage, str) else []
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return BenchError(
+            f"{cls} was called with stage {stage!r}, which it does not declare; "
+            f"declared stages: {names!r}{hint}"
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
