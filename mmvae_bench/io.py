@@ -72,9 +72,9 @@ def torch_load_error(e: BaseException) -> str:
     """What went wrong in a ``torch.load(weights_only=True)``, without torch's own advice.
 
     torch's message for any file it cannot unpickle safely suggests loading with
-    ``weights_only=False``, which would run arbitrary code from an untrusted file (DESIGN §10);
-    only the first sentence of the unpickler's own diagnosis is kept (the next one advises
-    allowlisting the type it refused).
+    ``weights_only=False``, which would run arbitrary code from an untrusted file (README.md,
+    "What the suite trusts"); only the first sentence of the unpickler's own diagnosis is kept
+    (the next one advises allowlisting the type it refused).
     """
     msg = str(e)
     found = re.search(

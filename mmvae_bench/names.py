@@ -1,4 +1,4 @@
-"""Names that become paths: run ids, model and dataset names (DESIGN §10)."""
+"""Names that become paths: run ids, model and dataset names (README, "What the suite trusts")."""
 
 from __future__ import annotations
 

@@ -31,11 +31,19 @@ from mmvae_bench.eval.metric import MetricEntry
 from mmvae_bench.hookspecs import PROJECT, Hookspecs
 from mmvae_bench.model import ModelConfig, ModelEntry, MultimodalVAE
 
-__all__ = ["ENTRY_POINT_GROUP", "NAME_MAX_LEN", "NAME_PATTERN", "Registry", "load_registry"]
+__all__ = [
+    "BUILTIN_ORIGIN",
+    "ENTRY_POINT_GROUP",
+    "NAME_MAX_LEN",
+    "NAME_PATTERN",
+    "Registry",
+    "load_registry",
+]
 
 ENTRY_POINT_GROUP = "mmvae_bench"
 # Registered names become file and folder names (run ids, leaderboard files): lower-kebab
-# words of [a-z0-9], so a name is one safe path component on every OS (DESIGN §10).
+# words of [a-z0-9], so a name is one safe path component on every OS (README.md, "What the
+# suite trusts").
 NAME_PATTERN = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 NAME_MAX_LEN = 64
 log = logging.getLogger(__name__)
@@ -48,17 +56,33 @@ _KINDS: tuple[tuple[str, str, type], ...] = (
 )
 _HOOKS = tuple(hook for _, hook, _ in _KINDS)
 _IMPORTING = "while importing"
+BUILTIN_ORIGIN = "mmvae-bench (built-in)"  # the framework's own datasets (data/catalog.py)
 
 
 @dataclass
 class Registry:
-    """The loaded plugins: models, datasets and metrics by name, and broken plugins."""
+    """The loaded plugins: models, datasets and metrics by name, and broken plugins.
+
+    Attributes:
+        models, datasets, metrics: the entries by registered name, sorted.
+        sources: the plugin that registered each entry, ``{(kind, name): plugin name}`` (an
+            entry point's name, ``file:PATH`` for ``--plugin``, a module's name).
+        origins: where each plugin (loaded or broken) comes from, by plugin name: an entry
+            point's distribution and version (``"mmvae-bench 0.1.0"``), a ``--plugin`` file's
+            absolute path, :data:`BUILTIN_ORIGIN` for the built-in datasets.
+        broken: entry points that failed to load, by name, with the reason.
+    """
 
     models: dict[str, ModelEntry] = field(default_factory=dict)
     datasets: dict[str, DatasetEntry] = field(default_factory=dict)
     metrics: dict[str, MetricEntry] = field(default_factory=dict)
     sources: dict[tuple[str, str], str] = field(default_factory=dict)
+    origins: dict[str, str] = field(default_factory=dict)
     broken: dict[str, str] = field(default_factory=dict)
+
+    def origin(self, kind: str, name: str) -> str:
+        """Where the plugin that registered entry ``name`` of ``kind`` (``"models"``) comes from."""
+        return self.origins[self.sources[(kind, name)]]
 
     def model(self, name: str) -> ModelEntry:
         """The model registered as ``name``; an unknown name lists the known ones."""
@@ -80,6 +104,14 @@ def _lookup(kind: str, name: str, table: dict[str, Any]) -> Any:
 class _PluginError(Exception):
     """A plugin broke the contract; the message is a predicate ("failed to import: ...") that
     the caller puts after the plugin's name, or files under it in ``Registry.broken``."""
+
+
+def _entry_point_origin(ep: importlib.metadata.EntryPoint) -> str:
+    """The distribution that declares ``ep`` and its version (``"mmvae-bench 0.1.0"``)."""
+    dist = getattr(ep, "dist", None)
+    if dist is None:  # an entry point made by hand, not read from installed metadata
+        return f"entry point {ep.name} = {ep.value}"
+    return f"{dist.name} {dist.version}"
 
 
 def _plugin_manager() -> pluggy.PluginManager:
@@ -260,6 +292,7 @@ def load_registry(
     if entry_points:
         eps = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
         for ep in eps:
+            reg.origins[ep.name] = _entry_point_origin(ep)
             try:
                 plugin = _guarded(ep.load, _IMPORTING)
                 if not pm.is_registered(plugin):
@@ -271,6 +304,7 @@ def load_registry(
     named = [("mmvae_bench.data", catalog)] + [(m.__name__, m) for m in modules]
     for name, module in named:
         labels[name] = f"plugin '{name}'"
+        reg.origins[name] = BUILTIN_ORIGIN if module is catalog else f"module {name}"
         if pm.is_registered(module):  # also an entry point
             continue
         try:
@@ -282,6 +316,7 @@ def load_registry(
         if name in labels:
             raise BenchError(f"--plugin {path} is given twice")
         labels[name] = f"plugin file {path}"
+        reg.origins[name] = str(path.expanduser().resolve())
         try:
             _register(pm, _load_module_from_file(path), name)
         except _PluginError as e:

@@ -18,6 +18,7 @@ from rich.text import Text
 
 from mmvae_bench.eval import protocol as P
 from mmvae_bench.results import RECORD_FILE, RunRecord
+from mmvae_bench.testing import stage_names
 
 __all__ = [
     "classifiers_table",
@@ -132,14 +133,24 @@ def print_sweep(summary: Any) -> None:
 
 
 def models_table(registry: Any) -> Table:
-    """The installed model plugins, their source, and plugins that failed to load."""
+    """The model plugins: name, stages in order, where each comes from, and broken plugins.
+
+    "source" is the distribution and version for an installed plugin, the file for
+    ``--plugin``; a plugin that failed to load shows "broken" and the reason. The stage names
+    are read from a model built on the conformance kit's tiny dataset
+    (:func:`mmvae_bench.testing.stage_names`); a model that cannot be built there shows why.
+    """
     t = Table(title="models")
-    for col in ("name", "status", "source", "description"):
+    for col in ("name", "stages", "source", "description"):
         t.add_column(col)
     for name, e in registry.models.items():
-        _row(t, name, "ok", registry.sources[("models", name)], e.description)
+        try:
+            stages = Text(", ".join(stage_names(e)))
+        except Exception as err:  # a plugin's bug: shown in its row, the listing goes on
+            stages = Text(f"? cannot build: {type(err).__name__}: {err}", style="yellow")
+        _row(t, name, stages, registry.origin("models", name), e.description)
     for name, err in registry.broken.items():
-        _row(t, name, Text("broken", style="red"), name, err)
+        _row(t, name, Text("broken", style="red"), registry.origins.get(name, ""), err)
     return t
 
 

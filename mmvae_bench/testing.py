@@ -1,7 +1,8 @@
 """Conformance checks for model plugins, meant to be called from a pytest suite.
 
 A plugin author checks a model against the contract of :class:`~mmvae_bench.api.MultimodalVAE`
-(DESIGN §4) with one call per test::
+(README.md, "Write your own model"; each method's rules are in its docstring in
+:mod:`mmvae_bench.model`) with one call per test::
 
     from mmvae_bench.testing import check_model, tiny_dataset
     from my_plugin import mmvae_bench_models
@@ -11,7 +12,9 @@ A plugin author checks a model against the contract of :class:`~mmvae_bench.api.
         check_model(entry)                                   # 3 tiny modalities
         check_model(entry, tiny_dataset(("image32", "image32")))
 
-What is checked, on one small batch (a failure raises ``AssertionError`` saying which):
+What is checked, on one small batch (a failure raises ``AssertionError`` naming the model, the
+stage or subset, and the rule broken, also when the model's own code raises: e.g.
+``poe-vae, stage 'train': loss() raised BenchError ...``):
 
 - the entry: ``cls`` subclasses ``MultimodalVAE``, ``config`` is a frozen dataclass subclassing
   ``ModelConfig``, and the per-dataset defaults (when the dataset has an entry) build a config;
@@ -19,7 +22,7 @@ What is checked, on one small batch (a failure raises ``AssertionError`` saying 
   :func:`mmvae_bench.train.freeze_for_stage` with a finite scalar ``loss`` (every entry of the
   loss dict a finite scalar; a ``pass_epoch`` stage is given ``epoch=0.5``), some parameter of
   the stage's modules changes and every other tensor of the ``state_dict`` (buffers included)
-  stays bit-identical; an unknown stage raises ``BenchError``;
+  stays bit-identical; an undeclared stage raises ``BenchError`` (``self.unknown_stage``);
 - inference: every non-empty subset S encodes, from a batch holding *only* S's modalities, to
   ``z`` of shape ``(n, B, latent_dim)`` and generates every modality as ``(n, B, *shape)``;
   ``prior_sample(n)`` is ``(n, latent_dim)`` and ``sample(n)`` gives ``(n, *shape)``;
@@ -34,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -55,7 +58,7 @@ from mmvae_bench.model import (
 )
 from mmvae_bench.train import freeze_for_stage
 
-__all__ = ["TINY_OVERRIDES", "TINY_MODALITIES", "check_model", "tiny_dataset"]
+__all__ = ["TINY_OVERRIDES", "TINY_MODALITIES", "check_model", "stage_names", "tiny_dataset"]
 
 # Applied to whichever of these fields a config has (the conv nets' width, the encoders'
 # feature size): enough to run every code path in well under a second per model.
@@ -136,6 +139,26 @@ def tiny_dataset(
     )
 
 
+def stage_names(entry: ModelEntry) -> list[str]:
+    """The names of ``entry``'s training stages, in order (what ``mmvae-bench models`` lists).
+
+    Stages are declared by an instance (their epochs and learning rates come from the config),
+    so the names are read from one: the entry's config with the :data:`TINY_OVERRIDES` it has
+    fields for, built on the default :func:`tiny_dataset`, which is what :func:`check_model`
+    builds first, so every model that passes the kit builds here too, in milliseconds. A
+    class-level list of names would be a second declaration that can drift from ``stages``.
+    The global RNG is left as it was.
+
+    Raises:
+        Whatever building the model or reading its stages raises (the caller shows it).
+    """
+    fields = {f.name for f in dataclasses.fields(entry.config)}
+    config = make_config(entry.config, {k: v for k, v in TINY_OVERRIDES.items() if k in fields})
+    with torch.random.fork_rng(devices=[]):
+        model = entry.cls(tiny_dataset(), config)
+        return [s.name for s in model.stages]
+
+
 def check_model(
     entry: ModelEntry,
     dataset: MultimodalDataset | None = None,
@@ -165,21 +188,12 @@ def check_model(
     name = entry.name
     config = _check_config(entry, dataset, overrides or {})
     torch.manual_seed(0)
-    model = entry.cls(dataset, config)
-    assert isinstance(model, MultimodalVAE), f"{name}: {entry.cls} is not a MultimodalVAE"
+    model = _build(entry, dataset, config)
     batch = {m: t[:batch_size] for m, t in dataset.train.x.items()}
-    stages = model.stages
-    names = [s.name for s in stages]
-    assert stages, f"{name}: declares no stages"
-    assert len(set(names)) == len(names), f"{name}: stage names repeat: {names}"
+    stages = _stages(name, model)
     for stage in stages:
         _check_stage(name, model, stage, batch)
-    try:
-        model.loss(batch, "no-such-stage", {})
-    except BenchError:
-        pass
-    else:
-        raise AssertionError(f"{name}: loss() with an unknown stage must raise BenchError")
+    _check_undeclared_stage(name, model, batch)
     model.eval()
     model.requires_grad_(False)
     with torch.no_grad():
@@ -221,19 +235,23 @@ def _check_stage(name: str, model: MultimodalVAE, stage: Stage, batch: dict[str,
     assert params, f"{where}: no parameters to train in modules {stage.modules}"
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
-        cached = model.precompute(batch, stage.name)
+        cached = _call(where, "precompute()", lambda: model.precompute(batch, stage.name))
     # Mid-schedule for a stage that anneals: the weights it ramps are neither 0 nor final.
     kwargs = {"epoch": 0.5} if stage.pass_epoch else {}
-    out = model.loss(batch, stage.name, cached, **kwargs)
+    out = _call(where, "loss()", lambda: model.loss(batch, stage.name, cached, **kwargs))
+    rule = "loss() must return a dict with a scalar 'loss' (a batch mean) and named scalar parts"
     assert isinstance(out, Mapping) and "loss" in out, (
-        f"{where}: loss() must return {{'loss': ...}}"
+        f"{where}: {rule}; got {type(out).__name__}"
+        + (f" with keys {sorted(out)}" if isinstance(out, Mapping) else "")
     )
     for key, value in out.items():
         assert isinstance(value, Tensor) and value.dim() == 0, (
-            f"{where}: loss part '{key}' must be a scalar tensor (a batch mean), got "
-            f"{getattr(value, 'shape', type(value))}"
+            f"{where}: {rule}; part '{key}' is "
+            f"{tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__}"
         )
-        assert bool(torch.isfinite(value)), f"{where}: loss part '{key}' is {value.item()}"
+        assert bool(torch.isfinite(value)), (
+            f"{where}: loss() must be finite on the tiny batch; part '{key}' is {value.item()}"
+        )
     assert out["loss"].requires_grad, f"{where}: 'loss' does not depend on the stage's parameters"
     opt = torch.optim.Adam(params, lr=stage.lr)
     opt.zero_grad(set_to_none=True)
@@ -248,6 +266,54 @@ def _check_stage(name: str, model: MultimodalVAE, stage: Stage, batch: dict[str,
     )
     changed = [k for k in others if not torch.equal(before[k], after[k])]
     assert not changed, f"{where}: changed tensors outside its modules {stage.modules}: {changed}"
+
+
+def _build(entry: ModelEntry, dataset: MultimodalDataset, config: ModelConfig) -> MultimodalVAE:
+    """``entry.cls(dataset, config)``; anything it raises names the model."""
+    cls = getattr(entry.cls, "__name__", repr(entry.cls))
+    model = _call(
+        entry.name, f"building {cls}(dataset, config)", lambda: entry.cls(dataset, config)
+    )
+    assert isinstance(model, MultimodalVAE), f"{entry.name}: {entry.cls} is not a MultimodalVAE"
+    return model
+
+
+def _stages(name: str, model: MultimodalVAE) -> list[Stage]:
+    """The declared stages: a non-empty list of :class:`Stage` with unique names."""
+    stages = _call(name, "stages", lambda: model.stages)
+    assert isinstance(stages, Sequence) and stages, (
+        f"{name}: stages must be a non-empty list of Stage, got {stages!r}"
+    )
+    wrong = [s for s in stages if not isinstance(s, Stage)]
+    assert not wrong, f"{name}: stages must be a list of Stage, got {wrong!r}"
+    names = [s.name for s in stages]
+    assert len(set(names)) == len(names), f"{name}: stage names repeat: {names}"
+    return list(stages)
+
+
+def _call(where: str, what: str, call: Callable[[], Any]) -> Any:
+    """``call()``; an exception in the model's code becomes an AssertionError naming ``where``.
+
+    The original stays chained (``from``), so its traceback still shows the line.
+    """
+    try:
+        return call()
+    except Exception as e:
+        raise AssertionError(f"{where}: {what} raised {type(e).__name__}: {e}") from e
+
+
+def _check_undeclared_stage(name: str, model: MultimodalVAE, batch: dict[str, Tensor]) -> None:
+    """``loss()`` with a stage the model does not declare raises :class:`BenchError`."""
+    stage = "no-such-stage"
+    where = f"{name}, stage {stage!r} (not declared)"
+    rule = "loss() must raise BenchError for an undeclared stage (raise self.unknown_stage(stage))"
+    try:
+        model.loss(batch, stage, {})
+    except BenchError:
+        return
+    except Exception as e:
+        raise AssertionError(f"{where}: {rule}; it raised {type(e).__name__}: {e}") from e
+    raise AssertionError(f"{where}: {rule}; it returned")
 
 
 def _check_inference(name: str, model: MultimodalVAE, batch: dict[str, Tensor], n: int) -> None:
@@ -299,7 +365,7 @@ def _check_round_trip(
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     buf.seek(0)
-    fresh = entry.cls(dataset, config)
+    fresh = _build(entry, dataset, config)
     try:
         fresh.load_state_dict(torch.load(buf, weights_only=True))
     except Exception as e:

@@ -115,3 +115,96 @@ def test_check_rejects_a_config_outside_model_config() -> None:
     loose = dataclasses.make_dataclass("LooseConfig", [("epochs", int, 1)])
     with pytest.raises(AssertionError, match="dataclass subclassing ModelConfig"):
         check_model(dataclasses.replace(base, config=loose))
+
+
+# -- a fault inside the model's own code is an AssertionError naming model, stage and rule ------
+def test_check_names_model_and_stage_when_loss_misspells_a_declared_stage() -> None:
+    # The plugin author's typo: loss() compares with "trian", so the declared "train" reaches
+    # unknown_stage(); the model's BenchError must not surface bare.
+    mopoe = REGISTRY.model("mopoe").cls
+
+    def loss(self, batch, stage, cached):
+        if stage == "trian":
+            return mopoe._loss_train(self, batch)
+        raise self.unknown_stage(stage)
+
+    entry = _broken("mopoe", "TypoMoPoE", loss=loss)
+    with pytest.raises(AssertionError) as e:
+        check_model(entry, tiny_dataset(("vector", "vector"), n=4))
+    msg = str(e.value)
+    assert msg.startswith("broken-mopoe, stage 'train': loss() raised BenchError: "), msg
+    assert "called with stage 'train', which it declares (stages: ['train'])" in msg
+    assert "(a typo?)" in msg and isinstance(e.value.__cause__, BenchError)
+
+
+def test_check_names_the_rule_when_an_undeclared_stage_does_not_raise_bench_error() -> None:
+    mvae = REGISTRY.model("mvae").cls
+
+    def loss(self, batch, stage, cached):
+        return {"train": mvae._loss_train}[stage](self, batch, 1.0)  # KeyError, not BenchError
+
+    entry = _broken("mvae", "KeyErrorMVAE", loss=loss)
+    rule = (
+        r"broken-mvae, stage 'no-such-stage' \(not declared\): loss\(\) must raise BenchError "
+        r"for an undeclared stage \(raise self.unknown_stage\(stage\)\); it raised KeyError"
+    )
+    with pytest.raises(AssertionError, match=rule):
+        check_model(entry, tiny_dataset(("vector", "vector"), n=4))
+
+
+def test_check_names_the_rule_when_loss_returns_no_scalar_loss() -> None:
+    mvae = REGISTRY.model("mvae").cls
+
+    def loss(self, batch, stage, cached):
+        out = mvae.loss(self, batch, stage, cached)
+        return {**out, "loss": out["loss"].expand(3)}  # not a batch mean
+
+    entry = _broken("mvae", "VectorLossMVAE", loss=loss)
+    with pytest.raises(AssertionError) as e:
+        check_model(entry, tiny_dataset(("vector", "vector"), n=4))
+    assert str(e.value) == (
+        "broken-mvae, stage 'train': loss() must return a dict with a scalar 'loss' (a batch "
+        "mean) and named scalar parts; part 'loss' is (3,)"
+    )
+
+
+def test_check_names_the_model_when_building_it_raises() -> None:
+    def __init__(self, dataset, config):
+        raise ValueError("no nets for this dataset")
+
+    entry = _broken("mvae", "UnbuildableMVAE", __init__=__init__)
+    with pytest.raises(AssertionError, match=r"^broken-mvae: building UnbuildableMVAE\(dataset"):
+        check_model(entry, tiny_dataset(("vector", "vector"), n=4))
+
+
+@pytest.mark.parametrize(
+    ("stage", "message"),
+    [
+        (
+            "jiont",
+            "was called with stage 'jiont', which it does not declare; declared stages: "
+            "['joint', 'unimodal']; did you mean 'joint'?",
+        ),
+        (
+            "unimodal ",
+            "stage 'unimodal ', which it does not declare; declared stages: "
+            "['joint', 'unimodal']; did you mean 'unimodal'?",
+        ),
+        ("stage-2", "declared stages: ['joint', 'unimodal']"),
+        (
+            "joint",
+            "was called with stage 'joint', which it declares (stages: ['joint', "
+            "'unimodal']), yet raised unknown_stage",
+        ),
+    ],
+)
+def test_unknown_stage_shows_the_stage_called_and_the_declared_ones(
+    stage: str, message: str
+) -> None:
+    entry = REGISTRY.model("jnf")
+    model = entry.cls(tiny_dataset(("vector", "vector"), n=4), entry.config(latent_dim=2))
+    err = model.unknown_stage(stage)
+    assert isinstance(err, BenchError) and str(err).startswith("JNF ")
+    assert message in str(err), str(err)
+    if stage == "stage-2":
+        assert "did you mean" not in str(err)

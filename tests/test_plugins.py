@@ -18,6 +18,9 @@ def test_builtins_load_through_entry_points() -> None:
     reg = load_registry()
     assert "jnf" in reg.models
     assert reg.sources[("models", "jnf")] == "jnf"  # the entry point's name, like any plugin
+    version = importlib.metadata.version("mmvae-bench")
+    assert reg.origin("models", "jnf") == f"mmvae-bench {version}"  # distribution and version
+    assert reg.origin("datasets", "circles-squares") == "mmvae-bench (built-in)"
     assert {"circles-squares", "polymnist-lite", "mhd", "polymnist", "mnist-svhn"} <= set(
         reg.datasets
     )
@@ -42,6 +45,8 @@ def test_broken_plugin_is_reported_and_others_load(monkeypatch: pytest.MonkeyPat
     reg = load_registry()
     assert "broken" in reg.broken and "no_such_module_xyz" in reg.broken["broken"]
     assert "jnf" in reg.models
+    # Made by hand, it has no distribution: its origin says what it points at.
+    assert reg.origins["broken"] == "entry point broken = no_such_module_xyz"
 
 
 def _write_plugin(path: Path, model_name: str) -> Path:
@@ -64,6 +69,7 @@ def test_plugin_file_adds_a_model(tmp_path: Path) -> None:
     reg = load_registry([_write_plugin(tmp_path / "mine.py", "my-jnf")])
     assert "my-jnf" in reg.models
     assert reg.sources[("models", "my-jnf")].startswith("file:")
+    assert reg.origin("models", "my-jnf") == str((tmp_path / "mine.py").resolve())
 
 
 def test_name_clash_names_both_plugins(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Joint and conditional coherence (DESIGN §5), batched over the test set."""
+"""Joint and conditional coherence, batched over the test set (settings: ``eval/protocol.py``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""FID per image modality through torch-fidelity, unconditional and conditional (DESIGN §5).
+"""FID per image modality through torch-fidelity, unconditional and conditional.
 
 Two feature extractors, never swapped silently:
 
@@ -12,8 +12,8 @@ Two feature extractors, never swapped silently:
 
 Images go to torch-fidelity's extractors as uint8 ``(B, 3, H, W)`` (grayscale repeated), and
 its own functions turn features into statistics (mu, sigma) and statistics into the distance, so
-the numbers are torch-fidelity's. Nothing here is unpickled (DESIGN §10), so torch-fidelity's
-cache is never used (it reads with ``weights_only=False``):
+the numbers are torch-fidelity's. Nothing here is unpickled (README.md, "What the suite
+trusts"), so torch-fidelity's cache is never used (it reads with ``weights_only=False``):
 
 * the real-data statistics of the test split are cached by this module as ``.npz`` (written
   atomically, read with ``allow_pickle=False``) under ``<cache_dir>/fid``, named by dataset,

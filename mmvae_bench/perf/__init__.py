@@ -1,4 +1,4 @@
-"""Performance suite (``mmvae-bench bench``, DESIGN §8): training samples/s per stage, subset
+"""Performance suite (``mmvae-bench bench``, BENCHMARKS.md): training samples/s per stage, subset
 posterior sampling (HMC) per subset size, evaluation-protocol time and peak memory, with the
 naive baselines of what was sped up measured side by side in the same process.
 
