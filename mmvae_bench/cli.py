@@ -279,7 +279,7 @@ def run(
 @app.command()
 @user_errors
 def models(plugin: PluginOpt = None) -> None:
-    """List the installed model plugins (and any that failed to load)."""
+    """List the model plugins: stages, source (distribution or file), and broken ones."""
     console.print(models_table(_registry(plugin)))
 
 
@@ -669,6 +669,24 @@ def bench(
 
 
 # == end bench ===============================================================================
+
+
+# == new-model =================================================================================
+@app.command("new-model")
+@user_errors
+def new_model(
+    name: Annotated[str, typer.Argument(help="Registry name of the model, lower-kebab: my-vae.")],
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Folder to create the package folder NAME in.")
+    ] = Path("."),
+) -> None:
+    """Write an out-of-tree model plugin package NAME that installs and passes the kit."""
+    from mmvae_bench.scaffold import new_model as scaffold_new_model
+
+    made = scaffold_new_model(name, directory)
+    console.print(Text(f"wrote {made.path}: " + ", ".join(made.files)), soft_wrap=True)
+    steps = "\n".join(f"  {step}" for step in made.next_steps)
+    console.print(Text(f"next:\n{steps}"), soft_wrap=True)
 
 
 def main() -> None:

@@ -128,7 +128,9 @@ def test_an_installed_package_runs_through_mmvae_bench_run(
     res = mmvae_bench(["models"], plugin_site, tmp_path)
     assert res.returncode == 0, res.stderr
     [line] = [x for x in res.stdout.splitlines() if "poe-vae" in x and "README" in x]
-    assert "ok" in line and "jnf" in res.stdout  # built-ins still load beside it
+    # Its stages, and where it comes from: the distribution and its version.
+    assert "│ train " in line and "poe-vae-plugin 0.1.0" in line, line
+    assert "jnf" in res.stdout and "joint, unimodal" in res.stdout  # built-ins load beside it
 
     out = tmp_path / "runs"
     args = ["run", "poe-vae", *TINY, "--out", str(out), "--cache-dir", str(cache_dir)]
@@ -148,8 +150,10 @@ def test_an_installed_package_runs_through_mmvae_bench_run(
 def test_a_plugin_file_runs_through_the_cli(cache_dir: Path, tmp_path: Path) -> None:
     path = tmp_path / "poe_vae.py"
     path.write_text(readme_plugin())
-    res = runner.invoke(app, ["models", "--plugin", str(path)])
-    assert res.exit_code == 0 and "poe-vae" in res.output and "file:" in res.output
+    res = runner.invoke(app, ["models", "--plugin", str(path)], env={"COLUMNS": "300"})
+    assert res.exit_code == 0 and "poe-vae" in res.output, res.output
+    [line] = [x for x in res.output.splitlines() if "poe-vae" in x]
+    assert "│ train " in line and f"│ {path.resolve()} " in line, line  # stages, the file
     out = tmp_path / "runs"
     args = ["run", "poe-vae", "--plugin", str(path), *TINY, "--out", str(out)]
     res = runner.invoke(app, [*args, "--cache-dir", str(cache_dir), "--run-id", "file"])
@@ -202,6 +206,7 @@ def test_an_entry_point_breaking_the_contract_is_listed_as_broken(
     assert res.returncode == 0, res.stdout + res.stderr
     out = " ".join(res.stdout.split())
     assert "no-return" in out and "broken" in out and "returned None" in out
+    assert "noret-plugin 0.1.0" in out  # where the broken plugin comes from
     assert "jnf" in res.stdout and "poe-vae" not in res.stdout  # the others load, it adds none
 
 
