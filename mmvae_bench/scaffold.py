@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import keyword
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -93,35 +91,31 @@ def new_model(name: str, parent: Path, *, registry: Registry | None = None) -> N
 
     Raises:
         BenchError: a bad or taken name, or ``parent/name`` exists (nothing is overwritten).
-            The files are written to a temporary folder renamed into place at the end, so an
-            error leaves nothing behind.
+            An error while writing removes the folder it had made.
     """
     module, cls = _check_name(name, registry)
     target = Path(parent).expanduser() / name
-    if target.exists() or target.is_symlink():
+    files = _files(name, module, cls)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.mkdir()  # fails if anything is there: nothing is ever overwritten
+    except FileExistsError:
+        if not target.parent.is_dir():
+            raise BenchError(f"cannot create {target}: {target.parent} is not a folder") from None
         raise BenchError(
             f"{target} exists; new-model writes a new folder (pick another NAME or --dir)"
-        )
-    files = _files(name, module, cls)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+        ) from None
+    except OSError as e:
+        raise BenchError(f"cannot create {target}: {e.strerror or e}") from None
     try:
         for rel, text in files.items():
-            path = tmp / rel
+            path = target / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp's folder is private; a package folder is not
-        tmp.rename(target)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(target, ignore_errors=True)  # the folder is ours: made just above
         raise
     return NewModel(name=name, module=module, cls=cls, path=target, files=tuple(files))
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it: put it back at once
-    os.umask(mask)
-    return mask
 
 
 def _check_name(name: str, registry: Registry | None) -> tuple[str, str]:

@@ -101,6 +101,14 @@ def test_an_existing_folder_is_never_overwritten(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "my-vae").iterdir()] == ["mine.txt"]
 
 
+def test_a_dir_that_is_a_file_is_a_user_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(BenchError, match=r"cannot create .*my-vae: .*file is not a folder"):
+        new_model("my-vae", tmp_path / "file", registry=EMPTY)
+    with pytest.raises(BenchError, match=r"cannot create .*my-vae: Not a directory"):
+        new_model("my-vae", tmp_path / "file" / "sub", registry=EMPTY)
+
+
 def test_the_command_writes_the_package_and_refuses_a_second_time(tmp_path: Path) -> None:
     res = runner.invoke(app, ["new-model", "my-vae", "--dir", str(tmp_path / "plugins")])
     assert res.exit_code == 0, res.output
