@@ -1,4 +1,4 @@
-"""Leaderboards: run records -> ``leaderboards/<dataset>.json`` and ``.md`` with figures.
+"""Leaderboards: run records -> ``leaderboards/<dataset>.json``, ``.md``, ``.html``, figures.
 
 One row per (model, config without the seed, protocol version, latent sampler): mean ± std over
 seeds and the seed count. Results of different protocols never share a row or a table; FID
@@ -9,9 +9,10 @@ corrupt, partial, unfinished or not ``ok`` is reported with its reason and skipp
 averaged.
 
 The concepts live in their own modules: :mod:`.runs` (records in), :mod:`.rows` (aggregation),
-:mod:`.render` (columns, tables, Markdown), :mod:`.figures`; this module builds and reads the
-files. Every file written is named by a checked dataset name inside ``out``; the previous
-build's figures are removed by the list in its JSON, never by glob.
+:mod:`.render` (columns, tables, Markdown), :mod:`.figures`, :mod:`.html` (static pages and
+``index.html``); this module builds and reads the files. Every file written is named by a
+checked dataset name inside ``out``; the previous build's figures are removed by the list in
+its JSON, never by glob.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 from mmvae_bench.errors import BenchError
 from mmvae_bench.io import atomic_write, atomic_write_json
 from mmvae_bench.leaderboard.figures import figures_of, stale_figures, write_figures
+from mmvae_bench.leaderboard.html import render_html, write_html, write_index, write_pages
 from mmvae_bench.leaderboard.render import render_markdown, table
 from mmvae_bench.leaderboard.rows import aggregate
 from mmvae_bench.leaderboard.runs import RunSummary, collect_runs, summarize
@@ -41,9 +43,11 @@ __all__ = [
     "collect_runs",
     "leaderboard_path",
     "load_leaderboard",
+    "render_html",
     "render_markdown",
     "summarize",
     "table",
+    "write_html_pages",
 ]
 
 log = logging.getLogger(__name__)
@@ -97,10 +101,34 @@ def _previous_figures(out_dir: Path, dataset: str) -> set[str]:
         return set()
 
 
+def _leaderboards_in(out_dir: Path) -> dict[str, dict[str, Any] | str]:
+    """Every ``<name>.json`` in ``out_dir``: its leaderboard, or why it cannot be read."""
+    boards: dict[str, dict[str, Any] | str] = {}
+    for path in sorted(Path(out_dir).glob("*.json")):
+        try:
+            boards[path.stem] = load_leaderboard(out_dir, path.stem)
+        except BenchError as e:
+            boards[path.stem] = str(e)
+    return boards
+
+
+def write_html_pages(out_dir: Path) -> list[Path]:
+    """The HTML page of every leaderboard in ``out_dir`` from its JSON alone, and the index.
+
+    No run records needed: this makes the committed ``leaderboards/*.html``. A leaderboard
+    that cannot be read is a ``BenchError`` naming it. Returns the pages, the index last.
+    """
+    if not Path(out_dir).is_dir():
+        raise BenchError(f"no leaderboards folder {out_dir}")
+    return write_pages(out_dir, _leaderboards_in(out_dir))
+
+
 def build_leaderboards(
     runs_dir: Path, out_dir: Path, *, command: str | None = None, figures: bool = True
 ) -> BuildReport:
-    """Aggregate every record under ``runs_dir`` into ``out_dir/<dataset>.json|.md`` + figures.
+    """Aggregate the records under ``runs_dir`` into ``out_dir/<dataset>.json|.md|.html`` + figures.
+
+    Then ``out_dir/index.html`` is rewritten to list every leaderboard in ``out_dir``.
 
     Args:
         runs_dir: folder searched recursively for ``results.json``.
@@ -156,6 +184,7 @@ def build_leaderboards(
         json_path = atomic_write_json(leaderboard_path(out_dir, ds), board)
         md = render_markdown(board).encode()
         md_path = atomic_write(out_dir / f"{ds}.md", lambda f, data=md: f.write(data))
-        written[ds] = [json_path, md_path]
+        written[ds] = [json_path, md_path, write_html(board, out_dir)]
         log.info("leaderboard %s: %d rows, %d skipped", ds, len(ds_rows), len(board["skipped"]))
+    write_index(out_dir, _leaderboards_in(out_dir))
     return BuildReport(written=written, used=len(runs) - len(dupes), skipped=skipped)
