@@ -8,11 +8,12 @@ each stage end, and ends as a normal run record in ``--out`` under the run id
 A trial that raises (a :class:`~mmvae_bench.errors.NonFiniteLossError` included) is an errored
 Tune trial (no retries); the others go on, and ``Tuner.fit`` returns it with its error. ``resume``
 restores the Tune experiment (``Tuner.restore``), continues unfinished trials and leaves
-finished and failed ones alone. Tune saves its experiment state only every few seconds, so a
-trial whose ``ok`` record already exists reports that record instead of training again: a
-killed driver never costs a finished run. An unfinished trial continues its run from the last
-finished stage (``run --resume``); its Tune checkpoints are the stage-end weights, kept with
-the experiment.
+finished and failed ones alone. Tune's state is pickled, so only a folder that a sweep of this
+suite created (its :data:`MARKER`, whose token is also in the cache dir) is restored. Tune
+saves its experiment state only every few seconds, so a trial whose ``ok`` record already
+exists reports that record instead of training again: a killed driver never costs a finished
+run. An unfinished trial continues its run from the last finished stage (``run --resume``);
+its Tune checkpoints are the stage-end weights, kept with the experiment.
 
 The sweep's definition (grid, trials, summary, heat map) is :mod:`mmvae_bench.sweep`, which
 needs no Ray. This is the only module that imports ``ray`` (tests/test_layering.py).
@@ -25,7 +26,10 @@ import dataclasses
 import json
 import logging
 import os
+import re
+import secrets
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -55,13 +59,27 @@ from mmvae_bench.sweep import (
     write_heatmap,
 )
 
-__all__ = ["LOOPBACK", "init_ray", "ray_session", "run_sweep"]
+__all__ = ["LOOPBACK", "MARKER", "check_address", "init_ray", "ray_session", "run_sweep"]
 
 log = logging.getLogger(__name__)
 
-# Ray binds the machine's external interface by default and rewrites 127.0.0.1 to it
-# (DESIGN §7); a local cluster on another loopback address stays on this machine.
-LOOPBACK = "127.0.0.2"
+# The local Ray's node address. Ray's gRPC servers (GCS, raylet, core workers) bind only the
+# loopback interface when the node address is exactly 127.0.0.1, and all interfaces (::) for
+# any other address, 127.0.0.2 included (measured on Ray 2.60). Ray also rewrites 127.0.0.1 to
+# the machine's external address unless it takes itself for a one-machine (macOS/Windows) Ray:
+# see _keep_loopback.
+LOOPBACK = "127.0.0.1"
+# Written into a sweep's folder when the sweep starts; its token is also kept in the run cache
+# (<cache_dir>/sweeps/<token>.json). Only a folder with both is restored: Tune's state is pickled.
+MARKER = ".mmvae-bench-sweep.json"
+_CREATOR = "mmvae-bench sweep"
+_TOKEN = re.compile(r"[0-9a-f]{32}")
+# HOST:PORT with a name or IPv4 host, or [IPv6]:PORT; no scheme (ray://), no path.
+_ADDRESS = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(?P<port>[0-9]{1,5})")
+# An HTTP/2 client preface and an empty SETTINGS frame: a gRPC server (the GCS) answers at once
+# with its own SETTINGS frame (type 0x4); an HTTP/1 server (the dashboard) does not.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_PROBE_TIMEOUT_S = 5.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,12 +87,101 @@ LOOPBACK = "127.0.0.2"
 # ---------------------------------------------------------------------------------------------
 
 
+def check_address(address: str) -> str:
+    """The GCS address (``HOST:PORT``) that ``address`` (``HOST:PORT`` or ``auto``) names.
+
+    ``auto`` is looked up as Ray does (``RAY_ADDRESS``, the address file of the last
+    ``ray start``, a running GCS process). The address is then probed: a TCP connect and an
+    HTTP/2 handshake, each within 5 s, so a dead or wrong address fails here in seconds with a
+    :class:`~mmvae_bench.errors.BenchError` naming it; ``ray.init`` would retry it for minutes,
+    in native code that does not return to Python for SIGTERM.
+    """
+    given = address
+    if address == "auto":
+        from ray._private import services
+
+        services.find_gcs_addresses.cache_clear()
+        try:
+            found = services.get_ray_address_from_environment("auto", None)
+        except ConnectionError:
+            found = None
+        if not found or found == "auto":
+            raise BenchError(
+                "--address auto found no running Ray cluster on this machine (no RAY_ADDRESS, "
+                "no `ray start` address file, no GCS process); start one with "
+                "`ray start --head` or give HOST:PORT"
+            )
+        address = found
+    m = _ADDRESS.fullmatch(address)
+    if m is None or not 0 < int(m["port"]) < 65536:
+        found_for = " (found for --address auto)" if given == "auto" else ""
+        raise BenchError(
+            "--address must be HOST:PORT (a Ray head's GCS address) or 'auto', "
+            f"got {address!r}{found_for}"
+        )
+    _probe_gcs(m["host"].strip("[]"), int(m["port"]), address)
+    return address
+
+
+def _probe_gcs(host: str, port: int, address: str) -> None:
+    try:
+        with socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S) as s:
+            if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+                return  # the GCS speaks TLS first: a plain HTTP/2 preface proves nothing
+            s.sendall(_H2_PREFACE)
+            head = s.recv(9)
+    except OSError as e:
+        raise BenchError(
+            f"no Ray cluster at {address}: {e.strerror or e} (within {_PROBE_TIMEOUT_S:.0f} s); "
+            "check the address `ray start --head` printed, or drop --address for a local Ray"
+        ) from None
+    if len(head) < 9 or head[3] != 4:
+        raise BenchError(
+            f"{address} answers but is not a Ray GCS (gRPC) port; give the GCS address "
+            "`ray start --head` printed (port 6379 by default), not the dashboard's"
+        )
+
+
+@contextlib.contextmanager
+def _keep_loopback() -> Iterator[None]:
+    """Keep 127.0.0.1 as given during ``ray.init``.
+
+    Ray rewrites a node or GCS address of 127.0.0.1 to the machine's external address unless
+    ``ENABLE_RAY_CLUSTER`` is off (a one-machine Ray, its default on macOS and Windows); it is
+    read at call time, so it is turned off for the call only. Ray's own env var for it is not
+    set: it would reach every ``ray`` command started later from this process.
+    """
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+@contextlib.contextmanager
+def _env_default(name: str, value: str) -> Iterator[None]:
+    """``name=value`` in the environment for the block, unless the user has set it."""
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
 def init_ray(address: str | None = None, *, cpus: int | None = None) -> bool:
     """Join ``address`` or start a local Ray on :data:`LOOPBACK`, unless one is running here.
 
-    Returns True when this call started (so should shut down) Ray. The local Ray has no
-    dashboard and no usage stats; workers' output is not streamed to the driver (errors reach
-    the summary through the records and Tune).
+    Returns True when this call started (so should shut down) Ray. ``address`` is checked by
+    :func:`check_address` first. Every socket of the local Ray listens on loopback only
+    (tests/test_tune.py lists them). The local Ray has no dashboard and no usage stats;
+    workers' output is not streamed to the driver (errors reach the summary through the
+    records and Tune).
     """
     if ray.is_initialized():
         return False
@@ -84,20 +191,25 @@ def init_ray(address: str | None = None, *, cpus: int | None = None) -> bool:
         "logging_level": logging.WARNING,
         "log_to_driver": False,
     }
-    try:
-        if address:
-            ray.init(address=address, **quiet)
-        else:
-            # "local": without it ray.init joins a cluster that `ray start` left on this machine.
-            ray.init(
-                address="local",
-                num_cpus=cpus,
-                include_dashboard=False,
-                _node_ip_address=LOOPBACK,
-                **quiet,
-            )
-    except ConnectionError as e:
-        raise BenchError(f"cannot join the Ray cluster at {address}: {e}") from None
+    if address:
+        gcs = check_address(address)
+        # The GCS answered; two connection attempts (Ray's default: 20 of ~40 s each) bound
+        # the rest should it still not be a GCS.
+        try:
+            with _keep_loopback(), _env_default("RAY_gcs_server_port_wait_time_s", "2"):
+                ray.init(address=gcs, **quiet)
+        except ConnectionError as e:
+            raise BenchError(f"cannot join the Ray cluster at {address}: {e}") from None
+        return True
+    # "local": without it ray.init joins a cluster that `ray start` left on this machine.
+    with _keep_loopback():
+        ray.init(
+            address="local",
+            num_cpus=cpus,
+            include_dashboard=False,
+            _node_ip_address=LOOPBACK,
+            **quiet,
+        )
     return True
 
 
@@ -182,6 +294,45 @@ def _prepare_classifiers(cfg: SweepConfig, say: Callable[[str], None]) -> None:
     get_classifiers(dataset, Path(cfg.run.cache_dir), device=device, weights_dir=weights)
 
 
+def _claim_folder(cfg: SweepConfig) -> None:
+    """Mark ``cfg.path`` as this suite's sweep: :data:`MARKER` there, its token in the cache."""
+    token = secrets.token_hex(16)
+    atomic_write_json(
+        _ledger(cfg) / f"{token}.json", {"created_by": _CREATOR, "path": str(cfg.path.resolve())}
+    )
+    atomic_write_json(cfg.path / MARKER, {"created_by": _CREATOR, "token": token})
+
+
+def _check_created_here(cfg: SweepConfig) -> None:
+    """Refuse to resume a folder that :func:`_claim_folder` did not mark with this cache.
+
+    ``Tuner.restore`` unpickles the folder's ``tuner.pkl``: a folder made by another tool, or
+    copied from someone else, could run any code here.
+    """
+    refuse = (
+        f"{cfg.path} was not created by mmvae-bench sweep; "
+        "refusing to restore its pickled Tune state"
+    )
+    try:
+        marker = json.loads((cfg.path / MARKER).read_text())
+    except (OSError, ValueError):
+        raise BenchError(f"{refuse} (no readable {MARKER})") from None
+    if not isinstance(marker, dict):
+        marker = {}
+    token = str(marker.get("token"))
+    if marker.get("created_by") != _CREATOR or not _TOKEN.fullmatch(token):
+        raise BenchError(f"{refuse} ({MARKER} is not the suite's)")
+    if not (_ledger(cfg) / f"{token}.json").is_file():
+        raise BenchError(
+            f"{refuse} (its token is not in {_ledger(cfg)}: it was started by another user, "
+            "machine or --cache-dir)"
+        )
+
+
+def _ledger(cfg: SweepConfig) -> Path:
+    return Path(cfg.run.cache_dir) / "sweeps"
+
+
 def run_sweep(
     cfg: SweepConfig, *, status: Callable[[str], None] | None = None, verbose: int = 1
 ) -> SweepSummary:
@@ -203,6 +354,7 @@ def run_sweep(
     if cfg.resume:
         if not started_before:
             raise BenchError(f"no sweep to resume at {path} (check --name and --storage)")
+        _check_created_here(cfg)
         try:
             saved = json.loads((path / STATE_FILE).read_text())
         except (OSError, json.JSONDecodeError) as e:
@@ -217,6 +369,10 @@ def run_sweep(
         raise BenchError(
             f"sweep '{cfg.name}' exists at {path}; continue it with --resume or pick a new --name"
         )
+    if cfg.address:
+        check_address(cfg.address)  # a dead address fails now, not after the classifiers
+    if not cfg.resume:
+        _claim_folder(cfg)
     if cfg.run.evaluate:
         _prepare_classifiers(cfg, say)
     with ray_session(cfg.address, cpus=cfg.cpus):

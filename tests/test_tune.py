@@ -7,20 +7,26 @@ cluster's) runs as a subprocess.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import itertools
 import json
 import os
+import pickle
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
+import ray
 import torch
 from typer.testing import CliRunner
 
@@ -193,6 +199,133 @@ def test_resume_of_an_unknown_sweep_is_a_user_error(tmp_path: Path) -> None:
     res = runner.invoke(app, [*_args("nope", tmp_path, tmp_path / "cache"), "--resume"])
     assert res.exit_code == 2, res.output
     assert "no sweep to resume" in res.output and "Traceback" not in res.output
+
+
+class _Unpickled:
+    """Creates ``flag`` if anything unpickles it."""
+
+    def __init__(self, flag: Path) -> None:
+        self.flag = flag
+
+    def __reduce__(self):
+        return (open, (str(self.flag), "w"))
+
+
+def _foreign_sweep(tmp_path: Path, name: str) -> Path:
+    # A Tune experiment folder that mmvae-bench did not create: its tuner.pkl runs code.
+    folder = tmp_path / "sweeps" / name
+    folder.mkdir(parents=True)
+    (folder / "tuner.pkl").write_bytes(pickle.dumps(_Unpickled(tmp_path / "unpickled")))
+    (folder / sweeps.STATE_FILE).write_text("{}")
+    return folder
+
+
+def test_resume_refuses_a_folder_the_suite_did_not_create(tmp_path: Path) -> None:
+    _foreign_sweep(tmp_path, "foreign")
+    out = _error([*_args("foreign", tmp_path, tmp_path / "cache"), "--resume"])
+    assert "was not created by mmvae-bench sweep; refusing to restore its pickled Tune state" in (
+        " ".join(out.split())
+    )
+    assert not (tmp_path / "unpickled").exists()
+
+
+def test_resume_refuses_a_marker_whose_token_this_cache_never_issued(tmp_path: Path) -> None:
+    # A copied (or forged) folder carries a well-formed marker, but the token is not ours.
+    folder = _foreign_sweep(tmp_path, "copied")
+    marker = {"created_by": "mmvae-bench sweep", "token": "0123456789abcdef" * 2}
+    (folder / tune.MARKER).write_text(json.dumps(marker))
+    out = " ".join(_error([*_args("copied", tmp_path, tmp_path / "cache"), "--resume"]).split())
+    assert "was not created by mmvae-bench sweep" in out and "its token is not in" in out
+    assert not (tmp_path / "unpickled").exists()
+
+
+def test_a_folder_the_suite_created_passes_the_trust_check(tmp_path: Path) -> None:
+    values = {"model": "jnf", "dataset": "circles-squares", "name": "mine"}
+    values |= {"storage": str(tmp_path / "sweeps"), "cache_dir": str(tmp_path / "cache")}
+    tune._claim_folder(sweeps.sweep_config(values, load_registry()))
+    folder = tmp_path / "sweeps" / "mine"
+    (folder / "tuner.pkl").write_bytes(b"")
+    (folder / sweeps.STATE_FILE).write_text(json.dumps({"seeds": [7]}))
+    # The next check (same settings) is reached: the marker and its token were accepted.
+    out = _error([*_args("mine", tmp_path, tmp_path / "cache"), "--resume"])
+    assert "was started with other settings" in " ".join(out.split())
+
+
+# ---------------------------------------------------------------------------------------------
+# The local Ray listens on loopback only; a bad --address fails in seconds, before Ray
+# ---------------------------------------------------------------------------------------------
+
+
+def _loopback(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip.split("%")[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_loopback
+
+
+@pytest.mark.slow  # alone it starts the session's Ray (~10 s); after the sweeps, 0.5 s
+def test_every_socket_of_the_local_ray_listens_on_loopback(ray_address: str) -> None:
+    assert ray.get(ray.remote(lambda: os.getpid()).remote()) != os.getpid()  # a worker is up
+    driver = psutil.Process()
+    procs = {p.pid: p for p in [driver, *driver.children(recursive=True)]}
+    listening = []
+    for c in psutil.net_connections(kind="inet"):
+        if c.status == psutil.CONN_LISTEN and c.pid in procs:
+            with contextlib.suppress(psutil.Error):
+                listening.append((c.laddr.ip, c.laddr.port, procs[c.pid].name()))
+    listing = "\n".join(f"{ip} {port} {name}" for ip, port, name in sorted(listening))
+    # The GCS and the raylet at least (each found as the driver's descendant).
+    assert {"gcs_server", "raylet"} <= {name for _, _, name in listening}, listing
+    assert all(_loopback(ip) for ip, _, _ in listening), listing
+    assert ray_address.rpartition(":")[0] == tune.LOOPBACK
+
+
+def test_a_dead_address_fails_within_seconds_naming_it(tmp_path: Path) -> None:
+    address = f"127.0.0.1:{_free_port('127.0.0.1')}"
+    t0 = time.monotonic()
+    out = _error([*_args("dead", tmp_path, tmp_path / "cache"), "--address", address])
+    assert time.monotonic() - t0 < 30
+    assert f"no Ray cluster at {address}" in " ".join(out.split())
+    assert not (tmp_path / "sweeps").exists()
+
+
+def test_auto_follows_ray_address_and_checks_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    address = f"127.0.0.1:{_free_port('127.0.0.1')}"
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    out = _error([*_args("auto", tmp_path, tmp_path / "cache"), "--address", "auto"])
+    assert f"no Ray cluster at {address}" in " ".join(out.split())
+
+
+def test_an_address_that_is_not_a_gcs_is_named(tmp_path: Path) -> None:
+    # An HTTP/1 server (as the dashboard's port would be) answers the probe with text.
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        address = f"127.0.0.1:{srv.getsockname()[1]}"
+
+        def answer() -> None:
+            conn, _ = srv.accept()
+            with conn:
+                conn.recv(64)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+        thread = threading.Thread(target=answer, daemon=True)
+        thread.start()
+        out = _error([*_args("http", tmp_path, tmp_path / "cache"), "--address", address])
+        thread.join(5)
+    assert f"{address} answers but is not a Ray GCS" in " ".join(out.split())
+
+
+@pytest.mark.parametrize(
+    "address", ["ray://127.0.0.1:10001", "127.0.0.1", "head:port", "127.0.0.1:70000", "::1:6379"]
+)
+def test_an_address_must_be_host_port_or_auto(tmp_path: Path, address: str) -> None:
+    out = _error([*_args("bad", tmp_path, tmp_path / "cache"), "--address", address])
+    assert f"--address must be HOST:PORT (a Ray head's GCS address) or 'auto', got {address!r}" in (
+        " ".join(out.split())
+    )
 
 
 # ---------------------------------------------------------------------------------------------
