@@ -131,9 +131,11 @@ def _probe_gcs(host: str, port: int, address: str) -> None:
             s.sendall(_H2_PREFACE)
             head = s.recv(9)
     except OSError as e:
+        timeout = isinstance(e, TimeoutError)
+        why = f"no answer in {_PROBE_TIMEOUT_S:.0f} s" if timeout else e.strerror or str(e)
         raise BenchError(
-            f"no Ray cluster at {address}: {e.strerror or e} (within {_PROBE_TIMEOUT_S:.0f} s); "
-            "check the address `ray start --head` printed, or drop --address for a local Ray"
+            f"no Ray cluster at {address} ({why}); check the address `ray start --head` "
+            "printed, or drop --address for a local Ray"
         ) from None
     if len(head) < 9 or head[3] != 4:
         raise BenchError(
