@@ -18,7 +18,9 @@ __all__ = [
     "atomic_torch_save",
     "atomic_write",
     "atomic_write_json",
+    "check_output_folder",
     "load_tensors",
+    "make_output_folder",
     "torch_load_error",
 ]
 
@@ -47,6 +49,38 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
         except FileNotFoundError:
             pass
         raise
+    return path
+
+
+def check_output_folder(path: Path, what: str = "--out") -> Path:
+    """``path`` if it is a writable folder or can be created as one; nothing is created.
+
+    Raises:
+        BenchError: ``path`` is a file, lies under a file, or is (or would be created in) a
+            folder this process cannot write.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BenchError(f"{what} {path} is a file, not a folder")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise BenchError(f"cannot create the output folder {path}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        if existing == path:
+            raise BenchError(f"the output folder {path} is not writable")
+        raise BenchError(f"cannot create the output folder {path}: {existing} is not writable")
+    return path
+
+
+def make_output_folder(path: Path, what: str = "--out") -> Path:
+    """``path`` as a writable folder, created if missing (:func:`check_output_folder` first)."""
+    path = check_output_folder(path, what)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BenchError(f"cannot create the output folder {path}: {e.strerror or e}") from None
     return path
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from mmvae_bench.errors import BenchError
+from mmvae_bench.io import make_output_folder
 from mmvae_bench.names import check_name
 from mmvae_bench.results import COND_GRID, PRIOR_GRID, RECORD_FILE
 
@@ -58,20 +59,6 @@ class RunDir:
             self._fd = -1
 
 
-def _out_folder(out: Path) -> Path:
-    """``out`` as a writable folder (created if missing); a file or read-only folder is an error."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise BenchError(f"--out {out} is a file, not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise BenchError(f"cannot create the output folder {out}: {e.strerror or e}") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise BenchError(f"the output folder {out} is not writable")
-    return out
-
-
 def _lock(folder: Path, run_id: str) -> int:
     try:
         fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
@@ -104,7 +91,9 @@ def claim_run_dir(out: Path, run_id: str, mode: Mode = "new") -> RunDir:
             to resume, or the folder locked by another process.
     """
     check_name(run_id, "run id")
-    folder = _out_folder(out) / run_id
+    folder = make_output_folder(out) / run_id
+    if mode == "resume" and not folder.exists():
+        raise BenchError(f"nothing to resume: no run '{run_id}' in {out}")
     try:
         folder.mkdir()
         existed = False
@@ -136,7 +125,8 @@ def locked(run_dir: Path) -> Iterator[Path]:
     """Hold the lock of an existing run folder for the block (``evaluate``)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise BenchError(f"no run record at {run_dir}: the folder does not exist")
+        why = "it is a file, not a run folder" if run_dir.exists() else "the folder does not exist"
+        raise BenchError(f"no run record at {run_dir}: {why}")
     fd = _lock(run_dir, run_dir.name)
     try:
         yield run_dir

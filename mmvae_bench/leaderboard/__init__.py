@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mmvae_bench.errors import BenchError
-from mmvae_bench.io import atomic_write, atomic_write_json
+from mmvae_bench.io import atomic_write, atomic_write_json, check_output_folder
 from mmvae_bench.leaderboard.figures import figures_of, stale_figures, write_figures
 from mmvae_bench.leaderboard.html import render_html, write_html, write_index, write_pages
 from mmvae_bench.leaderboard.render import render_markdown, table
@@ -141,8 +141,7 @@ def build_leaderboards(
         Records without a readable dataset are listed in every dataset's JSON.
     """
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise BenchError(f"--out {out_dir} is a file, not a folder")
+    check_output_folder(out_dir)  # a file, or a folder it cannot write: refused before work
     runs, skipped = collect_runs(runs_dir)
     rows, dupes, protocols, extractors = aggregate(runs)
     skipped += dupes
