@@ -122,6 +122,8 @@ def parse_epochs(items: list[str] | None) -> dict[str, int]:
         for part in item.split(","):
             stage, sep, raw = part.partition("=")
             key, value = (stage.strip(), raw) if sep else ("*", stage)
+            if not key:
+                raise BenchError(f"--epochs expects N or STAGE=N, got {part!r}")
             n = coerce_value(f"--epochs {key}", value.strip(), int)
             if n < 0:
                 raise BenchError(f"--epochs {key} must be >= 0, got {n}")
@@ -303,12 +305,11 @@ def classifiers_train(
     cache_dir: CacheDirOpt = DEFAULT_CACHE,
 ) -> None:
     """Train and cache the coherence classifiers of a dataset, with their test accuracy."""
-    import torch
-
     from mmvae_bench.eval.classifiers import classifier_dir, train_classifiers
     from mmvae_bench.runner import load_dataset, resolve_device
+    from mmvae_bench.threads import set_torch_threads
 
-    torch.set_num_threads(threads)
+    set_torch_threads(threads)
     reg = _registry(None)
     ds = load_dataset(reg, dataset, data_dir=data_dir, cache_dir=cache_dir)
     result = train_classifiers(ds, cache_dir, epochs=epochs, device=resolve_device(device))
@@ -411,11 +412,10 @@ def evaluate(
     fitted (seeded by the run's seed) and saved there; the record's ``sampler`` entry says
     which one produced the metrics.
     """
-    import torch
-
     from mmvae_bench.runner import evaluate_run, fid_settings, resolve_device
+    from mmvae_bench.threads import set_torch_threads
 
-    torch.set_num_threads(threads)
+    set_torch_threads(threads)
     if sampler is not None:
         sampler = coerce_value("--sampler", sampler, SamplerKind)
     settings = fid_settings(fid_choice(fid, fid_extractor, inception_weights), inception_weights)
@@ -593,6 +593,7 @@ def sweep(
     values = sweeps.merge_sweep_values(base, {k: v for k, v in given.items() if v is not None})
     registry = _registry([Path(p) for p in values.get("plugins", [])])
     cfg = sweeps.sweep_config(values, registry)  # every check before Ray is imported
+    sweeps.check_sweep_inputs(cfg, registry)
     from mmvae_bench.tune import run_sweep
 
     summary = run_sweep(cfg, status=say)

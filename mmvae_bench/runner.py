@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from accelerate import Accelerator
 
-from mmvae_bench.config import DEFAULT_CACHE_DIR, RunConfig, make_config
+from mmvae_bench.config import DEFAULT_CACHE_DIR, Device, RunConfig, coerce_value, make_config
 from mmvae_bench.data.spec import DataOptions, MultimodalDataset
 from mmvae_bench.errors import BenchError
 from mmvae_bench.eval.classifiers import get_classifiers
@@ -67,6 +67,7 @@ Status = Callable[[str], None]
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> cuda when available, else cpu; asking for cuda without one is an error."""
+    device = coerce_value("--device", device, Device)  # torch's own error for "tpu" is a bug's
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mmvae_bench.config import (
+    MAX_SEED,
     Device,
     Precision,
     RunConfig,
@@ -33,7 +34,7 @@ from mmvae_bench.config import (
 )
 from mmvae_bench.errors import BenchError
 from mmvae_bench.eval import protocol as P
-from mmvae_bench.io import atomic_write
+from mmvae_bench.io import atomic_write, check_output_folder
 from mmvae_bench.names import check_name
 from mmvae_bench.plugins import Registry
 from mmvae_bench.results import RunRecord
@@ -47,6 +48,7 @@ __all__ = [
     "SweepSummary",
     "TrialSummary",
     "best_configs",
+    "check_sweep_inputs",
     "finished_record",
     "jsonable",
     "load_sweep_file",
@@ -139,6 +141,9 @@ class SweepConfig:
     def __post_init__(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise BenchError(f"seeds must be distinct and non-empty, got {list(self.seeds)}")
+        for seed in self.seeds:  # each is a trial's RunConfig.seed: checked here, before Ray
+            if not 0 <= seed <= MAX_SEED:
+                raise BenchError(f"seed must be in 0..{MAX_SEED} (2**32 - 1), got {seed}")
         for k, values in self.grid.items():
             if not values:
                 raise BenchError(f"grid axis '{k}' has no values")
@@ -319,7 +324,7 @@ def sweep_config(values: Mapping[str, Any], registry: Registry) -> SweepConfig:
         device=coerce_value("device", values.get("device", "auto"), Device),
         threads=coerce_value("threads", values.get("threads", 1), int),
         out=_abs(values.get("out", "runs")),
-        protocol="quick" if _bool(values, "quick") else str(values.get("protocol", "full")),
+        protocol=_protocol(values),
         data_dir=_abs(values["data_dir"]) if values.get("data_dir") else None,
         cache_dir=_abs(values.get("cache_dir", ".cache/mmvae-bench")),
         epochs=_epochs(values.get("epochs")),
@@ -339,6 +344,12 @@ def sweep_config(values: Mapping[str, Any], registry: Registry) -> SweepConfig:
         run_fid_settings(run)  # the weights file exists: fail now, not in every trial
     if _bool(values, "resume") and not values.get("name"):
         raise BenchError("--resume needs the --name of the sweep to continue")
+    check_output_folder(run.out, "--out")
+    storage = check_output_folder(_abs(values.get("storage", "sweeps")), "--storage")
+    if _bool(values, "resume") and not (storage / str(values["name"]) / STATE_FILE).is_file():
+        raise BenchError(
+            f"no sweep to resume at {storage / str(values['name'])} (check --name and --storage)"
+        )
     heatmap = values.get("heatmap")
     if isinstance(heatmap, str):
         heatmap = heatmap.split(",")
@@ -347,7 +358,7 @@ def sweep_config(values: Mapping[str, Any], registry: Registry) -> SweepConfig:
         grid=grid,
         seeds=_seeds(values.get("seeds", 1)),
         name=str(values.get("name") or f"{model}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"),
-        storage=_abs(values.get("storage", "sweeps")),
+        storage=storage,
         plugins=tuple(_abs(p) for p in values.get("plugins", ())),
         address=values.get("address") or None,
         cpus=coerce_value("cpus", values["cpus"], int) if "cpus" in values else None,
@@ -363,6 +374,46 @@ def sweep_config(values: Mapping[str, Any], registry: Registry) -> SweepConfig:
             tuple(GRID_ALIASES.get(a.strip(), a.strip()) for a in heatmap) if heatmap else None
         ),
     )
+
+
+def _protocol(values: Mapping[str, Any]) -> str:
+    """``quick = true`` or ``protocol = NAME`` (default full); naming different ones is an error."""
+    protocol = values.get("protocol")
+    if _bool(values, "quick"):
+        if protocol not in (None, "quick"):
+            raise BenchError(f"--quick conflicts with --protocol {protocol}; give one of them")
+        return "quick"
+    return str(protocol or "full")
+
+
+def check_sweep_inputs(cfg: SweepConfig, registry: Registry) -> None:
+    """What every trial's run checks before it claims its folder, checked once before Ray.
+
+    :func:`sweep_config` checks the settings; this checks them against the data, as each
+    trial's ``run`` would: the dataset loads (a published one needs its files), each grid
+    point's model builds and has the stages ``epochs`` names, and given classifier weights fit
+    the dataset. Each would otherwise fail in every trial, after Ray started.
+    """
+    import torch
+
+    from mmvae_bench.eval.classifiers import get_classifiers
+    from mmvae_bench.runner import resolve_model_config, run_dataset
+    from mmvae_bench.train import epoch_plan
+
+    run = cfg.run
+    dataset = run_dataset(registry, dataclasses.replace(run, seed=cfg.seeds[0]))
+    entry = registry.model(run.model)
+    with torch.random.fork_rng(devices=[]):  # building models draws from the global RNG
+        for params, _ in cfg.trials()[:: len(cfg.seeds)]:  # each grid point once
+            config = resolve_model_config(entry, dataset, {**run.overrides, **params})
+            try:
+                epoch_plan(entry.cls(dataset, config).stages, run.epochs)
+            except BenchError as e:
+                raise BenchError(f"grid point {params}: {e}" if params else str(e)) from None
+    if run.evaluate and run.classifier_weights is not None:
+        get_classifiers(
+            dataset, Path(run.cache_dir), device="cpu", weights_dir=run.classifier_weights
+        )
 
 
 def _path_or_none(values: Mapping[str, Any], key: str) -> Path | None:

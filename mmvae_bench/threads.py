@@ -1,4 +1,4 @@
-"""Thread pools outside torch: held to the run's torch thread count.
+"""Thread counts: torch's (``--threads``), and the pools outside torch held to it.
 
 ``torch.set_num_threads`` (``--threads``) does not reach the BLAS and OpenMP pools that NumPy,
 SciPy and scikit-learn bring: each starts one thread per core and busy-waits between calls.
@@ -16,7 +16,9 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["native_threads"]
+from mmvae_bench.errors import BenchError
+
+__all__ = ["native_threads", "set_torch_threads"]
 
 
 @contextmanager
@@ -26,3 +28,10 @@ def native_threads(n: int | None = None) -> Iterator[None]:
 
     with threadpool_limits(limits=n if n is not None else torch.get_num_threads()):
         yield
+
+
+def set_torch_threads(n: int) -> None:
+    """``torch.set_num_threads(n)`` for ``--threads``; ``n`` < 1 is a user error, not torch's."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise BenchError(f"threads must be >= 1, got {n!r}")
+    torch.set_num_threads(n)

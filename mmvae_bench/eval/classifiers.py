@@ -189,6 +189,12 @@ def get_classifiers(
     Looks in ``weights_dir`` (``<modality>.pt``, e.g. published weights) if given, else in the
     cache; trains the missing ones when ``train_if_missing``.
     """
+    if weights_dir is not None and not Path(weights_dir).is_dir():
+        why = "is not a folder" if Path(weights_dir).exists() else "does not exist"
+        raise BenchError(
+            f"classifier weights folder {weights_dir} {why}; --classifier-weights takes a "
+            "folder of <modality>.pt files"
+        )
     src = Path(weights_dir) if weights_dir else classifier_dir(dataset, cache_dir, epochs)
     result: dict[str, Classifier] = {}
     missing = []
