@@ -11,6 +11,7 @@ user's error (:class:`BenchError`).
 from __future__ import annotations
 
 import dataclasses
+import importlib.machinery
 import importlib.metadata
 import importlib.util
 import logging
@@ -120,6 +121,14 @@ def _plugin_manager() -> pluggy.PluginManager:
     return pm
 
 
+class _SourceOnlyLoader(importlib.machinery.SourceFileLoader):
+    """Imports a ``--plugin`` file without writing ``__pycache__`` beside it: the user's folder
+    is not ours to write (nothing is written outside ``--out``)."""
+
+    def set_data(self, path: str, data: bytes, *, _mode: int = 0o666) -> None:
+        pass  # where SourceFileLoader caches the compiled file
+
+
 def _load_module_from_file(path: Path) -> ModuleType:
     """Import a ``--plugin`` file; a path that is no .py file is a BenchError naming it."""
     resolved = path.expanduser().resolve()
@@ -130,7 +139,8 @@ def _load_module_from_file(path: Path) -> ModuleType:
     if resolved.suffix != ".py":
         raise BenchError(f"plugin file {path} is not a .py file")
     mod_name = f"mmvae_bench_plugin_{resolved.stem}"
-    spec = importlib.util.spec_from_file_location(mod_name, resolved)
+    loader = _SourceOnlyLoader(mod_name, str(resolved))
+    spec = importlib.util.spec_from_file_location(mod_name, resolved, loader=loader)
     if spec is None or spec.loader is None:
         raise BenchError(f"cannot load plugin file {path}")
     module = importlib.util.module_from_spec(spec)
