@@ -141,8 +141,10 @@ def models_table(registry: Any) -> Table:
     (:func:`mmvae_bench.testing.stage_names`); a model that cannot be built there shows why.
     """
     t = Table(title="models")
-    for col in ("name", "stages", "source", "description"):
-        t.add_column(col)
+    t.add_column("name", no_wrap=True)
+    t.add_column("stages")
+    t.add_column("source", overflow="fold")  # a file path is never cut short
+    t.add_column("description")
     for name, e in registry.models.items():
         try:
             stages = Text(", ".join(stage_names(e)))

@@ -22,7 +22,6 @@ import platform
 import subprocess
 import types
 import typing
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -50,6 +49,7 @@ __all__ = [
     "environment",
     "file_sha256",
     "git_revision",
+    "jsonable",
     "migrate",
     "now",
     "scan",
@@ -209,7 +209,7 @@ class RunRecord:
 
     def to_json(self) -> dict[str, Any]:
         """The record as JSON-able data (what :meth:`save` writes)."""
-        return _jsonable(dataclasses.asdict(self))
+        return jsonable(dataclasses.asdict(self))
 
     def save(self, run_dir: Path) -> Path:
         """Atomically write ``run_dir/results.json`` (temp file + rename); returns its path."""
@@ -364,14 +364,9 @@ def _kind(value: Any) -> str:
     return "null" if value is None else f"{type(value).__name__} {value!r}"[:80]
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, Path):
-        return str(x)
-    return x
+def jsonable(x: Any) -> Any:
+    """``x`` as JSON data (tuples as lists, paths and other objects as strings)."""
+    return json.loads(json.dumps(x, default=str))
 
 
 # -- scanning a folder of records (leaderboards, sweeps) -------------------------------------

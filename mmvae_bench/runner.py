@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 import traceback
@@ -38,6 +37,7 @@ from mmvae_bench.results import (
     StageRecord,
     environment,
     file_sha256,
+    jsonable,
     now,
 )
 from mmvae_bench.rundir import CHECKPOINT_FILE, SAMPLER_FILE, Mode, claim_run_dir, locked
@@ -132,9 +132,7 @@ def run_fid_settings(cfg: RunConfig) -> FIDSettings | None:
 
 def _run_settings(cfg: RunConfig) -> dict[str, Any]:
     """The run config as given, JSON-able (the record's ``run``)."""
-    d = dataclasses.asdict(cfg)
-    d["plugins"] = [str(p) for p in cfg.plugins]
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+    return jsonable(dataclasses.asdict(cfg))
 
 
 def _seed_everything(seed: int) -> None:
@@ -247,7 +245,7 @@ def _run_claimed(
         model=cfg.model,
         dataset=cfg.dataset,
         seed=cfg.seed,
-        config=_jsonable_config(model.config),
+        config=jsonable(dataclasses.asdict(model.config)),
         run=_run_settings(cfg),
         protocol=protocol.as_record(),
         environment=environment(device, cfg.threads),
@@ -353,10 +351,6 @@ def _run_claimed(
     record.finished = now()
     record.save(run_dir)
     return record
-
-
-def _jsonable_config(config: ModelConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
 def _resume_point(

@@ -37,7 +37,7 @@ from mmvae_bench.eval import protocol as P
 from mmvae_bench.io import atomic_write, check_output_folder
 from mmvae_bench.names import check_name
 from mmvae_bench.plugins import Registry
-from mmvae_bench.results import RunRecord
+from mmvae_bench.results import RunRecord, jsonable
 
 __all__ = [
     "COND_1",
@@ -50,7 +50,6 @@ __all__ = [
     "best_configs",
     "check_sweep_inputs",
     "finished_record",
-    "jsonable",
     "load_sweep_file",
     "main_metrics",
     "merge_sweep_values",
@@ -473,10 +472,6 @@ def main_metrics(record: RunRecord) -> dict[str, float]:
 def trial_slug(params: Mapping[str, Any], seed: int) -> str:
     """``beta0.5-flow_depth2-s0``: the trial's grid point, safe in file names."""
     return _SAFE.sub("_", "-".join([*(f"{k}{_fmt(v)}" for k, v in params.items()), f"s{seed}"]))
-
-
-def jsonable(x: Any) -> Any:
-    return json.loads(json.dumps(x, default=str))
 
 
 def sweep_definition(cfg: SweepConfig) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from mmvae_bench import present
 from mmvae_bench.cli import app
 from mmvae_bench.testing import check_model, tiny_dataset
 from tests.tiny import TINY_NETS, TINY_QUICK
@@ -147,10 +148,14 @@ def test_an_installed_package_runs_through_mmvae_bench_run(
 
 
 @pytest.mark.slow
-def test_a_plugin_file_runs_through_the_cli(cache_dir: Path, tmp_path: Path) -> None:
+def test_a_plugin_file_runs_through_the_cli(
+    cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "poe_vae.py"
     path.write_text(readme_plugin())
-    res = runner.invoke(app, ["models", "--plugin", str(path)], env={"COLUMNS": "300"})
+    # The console reads its width once, at import: widen it so the path fits on one line.
+    monkeypatch.setattr(present.console, "_width", 300)
+    res = runner.invoke(app, ["models", "--plugin", str(path)])
     assert res.exit_code == 0 and "poe-vae" in res.output, res.output
     [line] = [x for x in res.output.splitlines() if "poe-vae" in x]
     assert "│ train " in line and f"│ {path.resolve()} " in line, line  # stages, the file

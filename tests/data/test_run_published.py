@@ -213,7 +213,10 @@ def test_weights_that_do_not_fit_name_the_file(tmp_path: Path) -> None:
 def test_missing_weights_file_names_it(tmp_path: Path) -> None:
     write_mhd(tmp_path / "data", n_per_class=1)
     ds = mhd.load(DataOptions(data_dir=tmp_path / "data"))
+    (tmp_path / "empty").mkdir()
     with pytest.raises(BenchError, match=r"no classifier for 'image' at .*image\.pt"):
+        get_classifiers(ds, tmp_path / "cache", weights_dir=tmp_path / "empty")
+    with pytest.raises(BenchError, match=r"weights folder .*nothing does not exist"):
         get_classifiers(ds, tmp_path / "cache", weights_dir=tmp_path / "nothing")
 
 
