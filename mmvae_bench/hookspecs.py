@@ -14,7 +14,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from mmvae_bench.data.spec import DatasetEntry
-    from mmvae_bench.eval.metric import MetricEntry
+    from mmvae_bench.api import MetricEntry
     from mmvae_bench.model import ModelEntry
 
 __all__ = ["PROJECT", "Hookspecs", "hookimpl", "hookspec"]
@@ -82,8 +82,8 @@ class Hookspecs:
         Called once when the registry is built.
 
         :return: a ``list`` (possibly empty, never ``None``) of
-            :class:`mmvae_bench.eval.metric.MetricEntry` with unique lower-kebab names and a
-            callable ``compute(ctx)``; each is computed after the standard protocol on the
+            :class:`mmvae_bench.api.MetricEntry` with unique lower-kebab names and a callable
+            ``compute(ctx)``; each is computed after the standard protocol on the
             same trained model and its results are stored under ``metrics[name]`` in the run
             record. Any other return, entry or name is a violation (see the banner above); a
             clash is a ``BenchError`` naming both plugins.

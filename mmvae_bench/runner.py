@@ -274,7 +274,7 @@ def _run_claimed(
     try:
         accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=cfg.precision)
         model.to(accelerator.device)
-        # RunConfig.compile: the nets through torch.compile, and HMC's flow kernels (DESIGN §8).
+        # RunConfig.compile: the nets through torch.compile, and HMC's flow kernels.
         compile_kernels(cfg.compile)
         if cfg.compile:
             compile_submodules(model)

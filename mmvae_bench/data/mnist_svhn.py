@@ -91,7 +91,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 NAME = "mnist-svhn"
-DM_DEFAULT = 20  # times each image is used; the MMVAE script used 30 (DESIGN §3)
+DM_DEFAULT = 20  # times each image is used; the MMVAE authors' script used 30
 MAX_PER_CLASS = 10_000
 PAIRING_SEED = 0
 # Bump when the pairing algorithm changes, so cached pairs are rebuilt.
