@@ -194,6 +194,8 @@ def leaderboard_build_report(report: Any) -> None:
     """What ``leaderboard build`` wrote, and the records it skipped (on stderr)."""
     for ds, paths in report.written.items():
         console.print(Text(f"{ds}: " + ", ".join(str(p) for p in paths)))
+    if report.index is not None:
+        console.print(Text(f"index of all leaderboards: {report.index}"))
     console.print(f"{report.used} runs used, {len(report.skipped)} records skipped")
     if report.skipped:
         t = Table(title="skipped records (not averaged)")
@@ -202,6 +204,14 @@ def leaderboard_build_report(report: Any) -> None:
         for s in report.skipped:
             _row(t, s.path, s.reason)
         err_console.print(t)
+
+
+def leaderboard_pages(pages: list[Path]) -> None:
+    """What ``leaderboard html`` wrote: the pages, then the index."""
+    *boards, index = pages
+    for p in boards:
+        console.print(Text(str(p)))
+    console.print(Text(f"index of all leaderboards: {index}"))
 
 
 def leaderboard_tables(dataset: str, board: Mapping[str, Any], table: Any, out: Path) -> None:

@@ -22,7 +22,9 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
+from mmvae_bench.cli import app
 from mmvae_bench.errors import BenchError
 from mmvae_bench.leaderboard import (
     build_leaderboards,
@@ -235,11 +237,35 @@ def test_pages_from_json_alone(tmp_path: Path) -> None:
         write_html_pages(out)
 
 
+def _flat(output: str) -> str:
+    """CLI output without whitespace: the console wraps long paths at its width."""
+    return "".join(output.split())
+
+
+def test_cli_html_rewrites_pages_and_build_names_the_index(tmp_path: Path) -> None:
+    runner = CliRunner()
+    runs, out = tmp_path / "runs", tmp_path / "lb"
+    _build(tmp_path)
+    result = runner.invoke(app, ["leaderboard", "build", "--runs", str(runs), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"indexofallleaderboards:{out / 'index.html'}" in _flat(result.output)
+    want = {name: (out / name).read_text() for name in ("toy.html", "index.html")}
+    shutil.rmtree(runs)
+    for name in want:
+        (out / name).write_text("stale")
+    result = runner.invoke(app, ["leaderboard", "html", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert {name: (out / name).read_text() for name in want} == want
+    assert _flat(result.output) == f"{out / 'toy.html'}indexofallleaderboards:{out / 'index.html'}"
+    result = runner.invoke(app, ["leaderboard", "html", "--out", str(tmp_path / "missing")])
+    assert result.exit_code == 2
+    assert "error: no leaderboards folder" in result.output and "Traceback" not in result.output
+
+
 @pytest.mark.parametrize("dataset", ["circles-squares", "polymnist-lite"])
 def test_committed_pages_match_their_json(dataset: str) -> None:
     board = load_leaderboard(BOARDS, dataset)
-    fix = "regenerate: python -c 'from mmvae_bench.leaderboard import write_html_pages as w; "
-    fix += 'w("leaderboards")\''
+    fix = "regenerate: mmvae-bench leaderboard html --out leaderboards"
     assert (BOARDS / f"{dataset}.html").read_text() == render_html(board), fix
     boards = {p.stem: load_leaderboard(BOARDS, p.stem) for p in BOARDS.glob("*.json")}
     assert (BOARDS / "index.html").read_text() == render_index(boards), fix

@@ -57,11 +57,13 @@ LEADERBOARD_VERSION = 1
 
 @dataclass
 class BuildReport:
-    """What ``build_leaderboards`` did: files per dataset, runs used, records skipped."""
+    """What ``build_leaderboards`` did: files per dataset, runs used, records skipped, and the
+    ``index.html`` it rewrote."""
 
     written: dict[str, list[Path]]
     used: int
     skipped: list[Skipped]
+    index: Path | None = None
 
 
 def leaderboard_path(out_dir: Path, dataset: str) -> Path:
@@ -185,5 +187,5 @@ def build_leaderboards(
         md_path = atomic_write(out_dir / f"{ds}.md", lambda f, data=md: f.write(data))
         written[ds] = [json_path, md_path, write_html(board, out_dir)]
         log.info("leaderboard %s: %d rows, %d skipped", ds, len(ds_rows), len(board["skipped"]))
-    write_index(out_dir, _leaderboards_in(out_dir))
-    return BuildReport(written=written, used=len(runs) - len(dupes), skipped=skipped)
+    index = write_index(out_dir, _leaderboards_in(out_dir))
+    return BuildReport(written=written, used=len(runs) - len(dupes), skipped=skipped, index=index)
