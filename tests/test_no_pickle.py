@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 from mmvae_bench.cli import app
 from mmvae_bench.data import mhd, mnist_svhn, polymnist, translated_polymnist
 from mmvae_bench.data import polymnist_lite as pl
+from mmvae_bench.data.cache import open_cache
 from mmvae_bench.data.spec import DataOptions, ModalitySpec, MultimodalDataset, Split
 from mmvae_bench.errors import BenchError
 from mmvae_bench.eval import classifiers as clf
@@ -260,6 +261,8 @@ def test_no_loader_unpickles(
         # Rebuilt: the file is now one the loader reads without unpickling.
         if path.suffix == ".npz":
             np.load(path, allow_pickle=False).close()
+        elif path.suffix == ".mmvb":
+            open_cache(path)  # the mapped array format: JSON header + raw bytes
         else:
             torch.load(path, map_location="cpu", weights_only=True)
     assert not marker.exists()

@@ -12,8 +12,10 @@ directory listings; here they are paired by name, which is what the generator wr
 missing from one modality is an error naming it.
 
 The ~350,000 PNGs are decoded once with PIL (one pass, unavoidable per file) and cached as uint8
-tensors next to the data (``MMNIST/.mmvae_bench_cache_{split}.pt``) with a fingerprint of the
-folder (every file's name, size and modification time, hashed); a changed folder is re-read.
+arrays next to the data (``MMNIST/.mmvae_bench_cache_{split}.mmvb``, the mapped format of
+:mod:`mmvae_bench.data.cache`) with a fingerprint of the folder (every file's name, size and
+modification time, hashed); a changed folder is re-read. Every process on the node maps the same
+file, so concurrent runs and sweep trials share one copy of the decoded images.
 Values are given to models as float32 in [0, 1]: 47,040 bytes a tuple, ~3.3 GB for the
 60,000 train and 10,000 test tuples, checked against the available memory before decoding.
 
@@ -41,6 +43,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from mmvae_bench.data.cache import cached_arrays
 from mmvae_bench.data.download import (
     RemoteFile,
     extract_archive,
@@ -49,17 +52,15 @@ from mmvae_bench.data.download import (
     move_into,
     require_data_dir,
 )
-from mmvae_bench.data.memory import is_out_of_memory, memory_guard, require_memory
+from mmvae_bench.data.memory import memory_guard, require_memory
 from mmvae_bench.data.published import (
     count_problems,
     html_page_message,
     is_html_page,
     record_counts,
-    torch_load_error,
 )
 from mmvae_bench.data.spec import DataOptions, ModalitySpec, MultimodalDataset, Split
 from mmvae_bench.errors import BenchError
-from mmvae_bench.io import atomic_torch_save
 
 __all__ = [
     "ARCHIVE",
@@ -88,8 +89,8 @@ ARCHIVE = RemoteFile(
     sha256=None,
 )
 
-# Bump when the cache's content or layout changes, so old caches are re-read.
-_CACHE_VERSION = 1
+# Bump when the cache's content changes, so old caches are re-read (2: the mapped format).
+_CACHE_VERSION = 2
 _PNG_NAME = re.compile(r"^(\d+)\.(\d)\.png$")
 _TUPLE_BYTES = len(MODALITIES) * 3 * 28 * 28  # one tuple as uint8
 _MEMORY_HINT = "free memory or use a machine with more (no option loads part of PolyMNIST)"
@@ -154,7 +155,7 @@ def load(options: DataOptions) -> MultimodalDataset:
 
 def cache_path(data_dir: Path, split: str) -> Path:
     """Where the decoded tensors of ``split`` are cached."""
-    return Path(data_dir) / "MMNIST" / f".mmvae_bench_cache_{split}.pt"
+    return Path(data_dir) / "MMNIST" / f".mmvae_bench_cache_{split}.mmvb"
 
 
 def read_split(data_dir: Path, split: str) -> Split:
@@ -174,26 +175,35 @@ def read_split(data_dir: Path, split: str) -> Split:
 
 
 def _read_split(data_dir: Path, split: str, names: list[str], fingerprint: str) -> Split:
-    cache = cache_path(data_dir, split)
-    cached = _read_cache(cache, fingerprint, len(names))
-    if cached is None:
+    n = len(names)
+
+    def decode() -> tuple[dict[str, Tensor], dict[str, object]]:
         images = _decode(data_dir / "MMNIST" / split, names)
-        labels = torch.tensor([int(_PNG_NAME.match(n).group(2)) for n in names], dtype=torch.long)
-        try:
-            atomic_torch_save(
-                cache,
-                {
-                    "version": _CACHE_VERSION,
-                    "fingerprint": fingerprint,
-                    "images": images,
-                    "labels": labels,
-                },
-            )
-        except OSError as e:
-            # A read-only data dir still loads; it only decodes again next time.
-            logger.warning("could not write the PolyMNIST cache %s (%s)", cache, e)
-    else:
-        images, labels = cached
+        labels = torch.tensor([int(_PNG_NAME.match(m).group(2)) for m in names], dtype=torch.long)
+        return {"images": images, "labels": labels}, {}
+
+    def validate(arrays: dict[str, Tensor], meta: dict[str, object]) -> str | None:
+        images, labels = arrays.get("images"), arrays.get("labels")
+        if (
+            images is None
+            or labels is None
+            or tuple(images.shape) != (len(MODALITIES), n, 3, 28, 28)
+            or images.dtype != torch.uint8
+            or tuple(labels.shape) != (n,)
+            or labels.dtype != torch.long
+        ):
+            return f"its arrays do not hold {n} tuples of 5 uint8 3x28x28 images and labels"
+        return None
+
+    # One decoded copy per node: every process maps the same cache file (data/cache.py).
+    arrays, _ = cached_arrays(
+        cache_path(data_dir, split),
+        {"dataset": NAME, "version": _CACHE_VERSION, "split": split, "folder": fingerprint},
+        decode,
+        what=f"PolyMNIST {split} cache",
+        validate=validate,
+    )
+    images, labels = arrays["images"], arrays["labels"]
     x = {m: images[k].to(torch.float32).div_(255.0) for k, m in enumerate(MODALITIES)}
     return Split(x, labels)
 
@@ -331,36 +341,6 @@ def _mismatch(root: Path, listings: dict[str, dict[str, tuple[int, int]]], every
 def _order(name: str) -> tuple[int, int]:
     i, label = _PNG_NAME.match(name).groups()
     return int(label), int(i)
-
-
-def _read_cache(path: Path, fingerprint: str, n: int) -> tuple[Tensor, Tensor] | None:
-    if not path.is_file():
-        return None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        if is_out_of_memory(e):
-            raise  # for memory_guard: decoding again would need the same memory
-        logger.warning(
-            "PolyMNIST cache %s is unreadable (%s); decoding again", path, torch_load_error(e)
-        )
-        return None
-    if not isinstance(obj, dict) or obj.get("version") != _CACHE_VERSION:
-        return None
-    if obj.get("fingerprint") != fingerprint:
-        logger.info("PolyMNIST folder changed since %s was written; decoding again", path)
-        return None
-    images, labels = obj.get("images"), obj.get("labels")
-    if (
-        not isinstance(images, Tensor)
-        or not isinstance(labels, Tensor)
-        or tuple(images.shape) != (len(MODALITIES), n, 3, 28, 28)
-        or images.dtype != torch.uint8
-        or tuple(labels.shape) != (n,)
-    ):
-        logger.warning("PolyMNIST cache %s does not match the folder; decoding again", path)
-        return None
-    return images, labels
 
 
 def _decode(root: Path, names: list[str]) -> Tensor:
