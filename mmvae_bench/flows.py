@@ -63,6 +63,11 @@ class GaussianHead(nn.Module):
         mu, logvar = self.linear(h).chunk(2, dim=-1)
         return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
 
+    def mean(self, h: Tensor) -> Tensor:
+        """``h``: (B, features) -> mu (B, latent_dim) alone (the log-variance rows not run)."""
+        d = self.linear.out_features // 2
+        return nn.functional.linear(h, self.linear.weight[:d], self.linear.bias[:d])
+
 
 class FlowPosterior(nn.Module):
     """q(z | h) = MAF_K pushed forward from N(mu(h), diag sigma(h)^2).

@@ -7,7 +7,7 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -125,16 +125,22 @@ class NetConfig(ModelConfig):
     ``width`` and ``features`` size :func:`mmvae_bench.nets.build_encoder` and
     ``build_decoder``; ``rescale`` weights each modality's log-likelihood by the dataset's
     ``likelihood_weights`` (on in every built-in model, so they all see the same objective
-    scale). A config that subclasses this gets the fields, their defaults and their checks.
+    scale); ``nets`` picks the family of encoders and decoders: ``suite`` (sized by ``width``
+    and ``features``) or ``multivae`` (the published runs' layers, ReLU, ``features`` fixed
+    by the net; :mod:`mmvae_bench.nets.published`). A config that subclasses this gets the
+    fields, their defaults and their checks.
     """
 
     width: int = 16  # base channel count of the conv nets (16/32/64)
     features: int = 128  # size of each modality's encoder features
     rescale: bool = True  # weight log-likelihoods by the dataset's lambda_j
+    nets: Literal["suite", "multivae"] = "suite"  # encoder/decoder family (nets.NetFamily)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.require_at_least(1, "width", "features")
+        if self.nets not in ("suite", "multivae"):
+            raise BenchError(f"nets must be one of ['suite', 'multivae'], got {self.nets!r}")
 
 
 @dataclass
@@ -289,6 +295,9 @@ class ModelEntry:
         config: the config dataclass (a :class:`ModelConfig` subclass).
         defaults: per-dataset config overrides, ``{dataset_name: {field: value}}``.
         description: one line for ``mmvae-bench models``.
+        presets: named published settings, ``{preset: {dataset: {field: value}}}`` (``run
+            --preset NAME``): they replace ``defaults`` for that dataset; the plugin says in
+            comments where each value comes from.
     """
 
     name: str
@@ -296,3 +305,4 @@ class ModelEntry:
     config: type[ModelConfig]
     defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     description: str = ""
+    presets: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)

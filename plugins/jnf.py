@@ -71,11 +71,19 @@ class JNFConfig(NetConfig):
     hmc_steps: int = 100  # HMC iterations for |S| >= 2 (the paper's setting)
     hmc_leapfrog: int = 10  # leapfrog steps per iteration
     hmc_step_size: float = 0.01
+    joint_hidden: int | None = None  # width of the joint encoder's merging MLP; None: 2 * features
+    joint_layers: int = 1  # hidden layers of the merging MLP
+    # Each modality's joint-encoder branch ends in a Gaussian head whose mean (latent_dim) is
+    # what the MLP merges, as in MultiVae's MultipleHeadJointEncoder (copies of the unimodal
+    # encoders, their means concatenated). The heads' log-variance rows are never run: they
+    # exist so that the reference's weights load one to one.
+    joint_heads: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.require_at_least(0, "epochs_joint", "epochs_unimodal")
-        self.require_at_least(1, "flow_depth", "flow_hidden", "flow_layers")
+        self.require_at_least(1, "flow_depth", "flow_hidden", "flow_layers", "joint_layers")
+        self.require_at_least(1, "joint_hidden")
         self.require_positive("lr_unimodal")
         self.hmc  # noqa: B018 - validates the HMC fields
 
@@ -87,6 +95,27 @@ class JNFConfig(NetConfig):
         )
 
 
+# `--preset paper` on PolyMNIST: MultiVae 1.0.3's PolyMNIST benchmark (AgatheSenellart/MultiVae,
+# examples/mmnist/training/config2.py and jnf.py), 32,040,015 parameters as the reference's.
+PAPER_POLYMNIST = {
+    "latent_dim": 512,  # config2.py base_config
+    "nets": "multivae",  # EncoderConvMMNIST_adapted / DecoderConvMMNIST (nets/published.py)
+    "features": 2048,  # the adapted encoder's 128 x 4 x 4 map before its mean/log-var convs
+    "joint_heads": True,  # MultipleHeadJointEncoder: copies of the encoders, means merged
+    "joint_hidden": 512,  # MultipleHeadJointEncoder defaults: hidden_dim=512,
+    "joint_layers": 2,  # n_hidden_layers=2, ReLU
+    "flow_depth": 2,  # JNFConfig defaults: MAF of 2 MADE blocks
+    "flow_hidden": 128,  # x 3 hidden layers x 128
+    "flow_layers": 3,
+    "rescale": False,  # no likelihood rescaling (equal modalities: every weight would be 1)
+    "beta": 1.0,  # JNFConfig default
+    "batch_size": 256,  # config2.py base_training_config
+    "lr": 1e-3,  # Adam, config2.py
+    "epochs_joint": 400,  # the published JNF run: 600 epochs, the first 400 joint (warmup)
+    "epochs_unimodal": 200,
+}
+
+
 class JNF(MultimodalVAE):
     """JNF: a joint VAE, then flow posteriors per modality combined by product of experts."""
 
@@ -96,18 +125,23 @@ class JNF(MultimodalVAE):
         super().__init__(dataset, config)
         c, d = config, self.latent_dim
         self.joint_encoders = nn.ModuleDict(
-            {m: build_encoder(s, c.features, c.width) for m, s in self.specs.items()}
+            {m: build_encoder(s, c.features, c.width, c.nets) for m, s in self.specs.items()}
         )
-        self.joint_merge = nn.Sequential(
-            nn.Linear(c.features * len(self.specs), 2 * c.features),
-            nn.SiLU(),
-            GaussianHead(2 * c.features, d),
-        )
+        branch = c.features
+        if c.joint_heads:
+            self.joint_heads = nn.ModuleDict({m: GaussianHead(c.features, d) for m in self.specs})
+            branch = d
+        hidden = c.joint_hidden or 2 * c.features
+        act = nn.ReLU if c.nets == "multivae" else nn.SiLU
+        layers: list[nn.Module] = [nn.Linear(branch * len(self.specs), hidden), act()]
+        for _ in range(c.joint_layers - 1):
+            layers += [nn.Linear(hidden, hidden), act()]
+        self.joint_merge = nn.Sequential(*layers, GaussianHead(hidden, d))
         self.decoders = nn.ModuleDict(
-            {m: build_decoder(s, d, c.width) for m, s in self.specs.items()}
+            {m: build_decoder(s, d, c.width, c.nets) for m, s in self.specs.items()}
         )
         self.unimodal_encoders = nn.ModuleDict(
-            {m: build_encoder(s, c.features, c.width) for m, s in self.specs.items()}
+            {m: build_encoder(s, c.features, c.width, c.nets) for m, s in self.specs.items()}
         )
         self.posteriors = nn.ModuleDict(
             {
@@ -131,7 +165,7 @@ class JNF(MultimodalVAE):
         return [
             Stage(
                 name="joint",
-                modules=("joint_encoders", "joint_merge", "decoders"),
+                modules=self._joint_modules,
                 epochs=c.epochs_joint,
                 lr=c.lr,
             ),
@@ -142,6 +176,11 @@ class JNF(MultimodalVAE):
                 lr=c.lr_unimodal or c.lr,
             ),
         ]
+
+    @property
+    def _joint_modules(self) -> tuple[str, ...]:
+        heads = ("joint_heads",) if self.config.joint_heads else ()
+        return ("joint_encoders", *heads, "joint_merge", "decoders")
 
     def loss(
         self, batch: dict[str, Tensor], stage: str, cached: Mapping[str, Tensor]
@@ -191,8 +230,12 @@ class JNF(MultimodalVAE):
     # -- inference -------------------------------------------------------------------------
     def joint_posterior(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """mu, logvar of q(z | X), each (B, latent_dim)."""
-        h = torch.cat([self.joint_encoders[m](batch[m]) for m in self.specs], dim=-1)
-        return self.joint_merge(h)
+        branches = [self.joint_encoders[m](batch[m]) for m in self.specs]
+        if self.config.joint_heads:
+            branches = [
+                self.joint_heads[m].mean(h) for m, h in zip(self.specs, branches, strict=True)
+            ]
+        return self.joint_merge(torch.cat(branches, dim=-1))
 
     def unimodal_posterior(
         self, batch: dict[str, Tensor], m: str
@@ -246,5 +289,6 @@ def mmvae_bench_models() -> list[ModelEntry]:
                 "polymnist-lite": {"lr": 2e-3, "epochs_joint": 20, "epochs_unimodal": 20},
                 "circles-squares": {"epochs_joint": 30, "epochs_unimodal": 20},
             },
+            presets={"paper": {"polymnist": PAPER_POLYMNIST}},
         )
     ]

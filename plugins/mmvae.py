@@ -123,6 +123,22 @@ class LaplacePrior(nn.Module):
         return torch.zeros_like(self.logits), F.softmax(self.logits, -1) * self.logits.shape[-1]
 
 
+# `--preset paper` on PolyMNIST: MultiVae 1.0.3's PolyMNIST benchmark (AgatheSenellart/MultiVae,
+# examples/mmnist/training/config2.py and mmvae.py): encoders and decoders as the reference's,
+# 16,675,855 (+ the prior, see the module docstring) parameters.
+PAPER_POLYMNIST = {
+    "latent_dim": 512,  # config2.py base_config
+    "nets": "multivae",  # EncoderConvMMNIST_adapted / DecoderConvMMNIST (nets/published.py)
+    "features": 2048,  # the adapted encoder's 128 x 4 x 4 map before its mean/log-var convs
+    "rescale": False,  # no likelihood rescaling (equal modalities: every weight would be 1)
+    "batch_size": 256,  # config2.py base_training_config
+    "lr": 1e-3,  # Adam, config2.py
+    "epochs": 800,  # config2.py num_epochs
+    "k": 1,  # mmvae.py: K=1
+    "learn_prior": False,  # mmvae.py: learn_prior='False'
+}
+
+
 class MMVAE(MultimodalVAE):
     """MMVAE: uniform mixture of Laplace unimodal experts, stratified IWAE/DReG training."""
 
@@ -133,12 +149,12 @@ class MMVAE(MultimodalVAE):
         c, d = config, self.latent_dim
         self.experts = nn.ModuleDict(
             {
-                m: LaplaceExpert(build_encoder(s, c.features, c.width), c.features, d)
+                m: LaplaceExpert(build_encoder(s, c.features, c.width, c.nets), c.features, d)
                 for m, s in self.specs.items()
             }
         )
         self.decoders = nn.ModuleDict(
-            {m: build_decoder(s, d, c.width) for m, s in self.specs.items()}
+            {m: build_decoder(s, d, c.width, c.nets) for m, s in self.specs.items()}
         )
         self.prior = LaplacePrior(d, c.learn_prior)
         weights = self.likelihood_weights if c.rescale else {}
@@ -276,5 +292,6 @@ def mmvae_bench_models() -> list[ModelEntry]:
                 "polymnist-lite": {"lr": 1e-3, "epochs": 20, "k": 1},
                 "circles-squares": {"epochs": 30, "k": 3},
             },
+            presets={"paper": {"polymnist": PAPER_POLYMNIST}},
         )
     ]

@@ -71,6 +71,21 @@ class MoPoEConfig(NetConfig):
         self.require_at_least(0, "epochs")
 
 
+# `--preset paper` on PolyMNIST: MultiVae 1.0.3's PolyMNIST benchmark (AgatheSenellart/MultiVae,
+# examples/mmnist/training/config2.py and mopoe.py): encoders and decoders as the reference's,
+# 16,675,855 parameters.
+PAPER_POLYMNIST = {
+    "latent_dim": 512,  # config2.py base_config
+    "nets": "multivae",  # EncoderConvMMNIST_adapted / DecoderConvMMNIST (nets/published.py)
+    "features": 2048,  # the adapted encoder's 128 x 4 x 4 map before its mean/log-var convs
+    "rescale": False,  # no likelihood rescaling (equal modalities: every weight would be 1)
+    "batch_size": 256,  # config2.py base_training_config
+    "lr": 1e-3,  # Adam, config2.py
+    "epochs": 800,  # config2.py num_epochs
+    "beta": 2.5,  # mopoe.py: beta=2.5
+}
+
+
 class MoPoE(MultimodalVAE):
     """MoPoE: uniform mixture of the products of experts of every subset of modalities."""
 
@@ -81,12 +96,14 @@ class MoPoE(MultimodalVAE):
         c, d = config, self.latent_dim
         self.experts = nn.ModuleDict(
             {
-                m: nn.Sequential(build_encoder(s, c.features, c.width), GaussianHead(c.features, d))
+                m: nn.Sequential(
+                    build_encoder(s, c.features, c.width, c.nets), GaussianHead(c.features, d)
+                )
                 for m, s in self.specs.items()
             }
         )
         self.decoders = nn.ModuleDict(
-            {m: build_decoder(s, d, c.width) for m, s in self.specs.items()}
+            {m: build_decoder(s, d, c.width, c.nets) for m, s in self.specs.items()}
         )
         weights = self.likelihood_weights if c.rescale else {}
         self.weights = {m: float(weights.get(m, 1.0)) for m in self.specs}
@@ -191,5 +208,6 @@ def mmvae_bench_models() -> list[ModelEntry]:
                 "polymnist-lite": {"lr": 2e-3, "epochs": 20, "beta": 2.5},
                 "circles-squares": {"epochs": 30},
             },
+            presets={"paper": {"polymnist": PAPER_POLYMNIST}},
         )
     ]

@@ -74,6 +74,23 @@ class MVAEConfig(NetConfig):
         self.require_at_least(0, "epochs", "k_subsets", "anneal_epochs")
 
 
+# `--preset paper` on PolyMNIST: MultiVae 1.0.3's PolyMNIST benchmark (AgatheSenellart/MultiVae,
+# examples/mmnist/training/config2.py and mvae.py): encoders and decoders as the reference's,
+# 16,675,855 parameters.
+PAPER_POLYMNIST = {
+    "latent_dim": 512,  # config2.py base_config
+    "nets": "multivae",  # EncoderConvMMNIST_adapted / DecoderConvMMNIST (nets/published.py)
+    "features": 2048,  # the adapted encoder's 128 x 4 x 4 map before its mean/log-var convs
+    "rescale": False,  # no likelihood rescaling (equal modalities: every weight would be 1)
+    "batch_size": 256,  # config2.py base_training_config
+    "lr": 1e-3,  # Adam, config2.py
+    "epochs": 800,  # config2.py num_epochs
+    "beta": 1.0,  # mvae.py: beta=1
+    "anneal_epochs": 0.0,  # mvae.py: warmup=0 (no KL annealing)
+    "k_subsets": 0,  # MultiVae's MVAE adds no random subsets (k=0)
+}
+
+
 class MVAE(MultimodalVAE):
     """MVAE: Gaussian unimodal experts multiplied with the prior expert."""
 
@@ -84,12 +101,14 @@ class MVAE(MultimodalVAE):
         c, d = config, self.latent_dim
         self.experts = nn.ModuleDict(
             {
-                m: nn.Sequential(build_encoder(s, c.features, c.width), GaussianHead(c.features, d))
+                m: nn.Sequential(
+                    build_encoder(s, c.features, c.width, c.nets), GaussianHead(c.features, d)
+                )
                 for m, s in self.specs.items()
             }
         )
         self.decoders = nn.ModuleDict(
-            {m: build_decoder(s, d, c.width) for m, s in self.specs.items()}
+            {m: build_decoder(s, d, c.width, c.nets) for m, s in self.specs.items()}
         )
         weights = self.likelihood_weights if c.rescale else {}
         self.weights = {m: float(weights.get(m, 1.0)) for m in self.specs}
@@ -209,5 +228,6 @@ def mmvae_bench_models() -> list[ModelEntry]:
                 "polymnist-lite": {"lr": 2e-3, "epochs": 20},  # JNF's joint-stage budget
                 "circles-squares": {"epochs": 30},
             },
+            presets={"paper": {"polymnist": PAPER_POLYMNIST}},
         )
     ]

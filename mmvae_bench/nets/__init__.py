@@ -4,11 +4,16 @@
 ``build_decoder(spec, latent_dim)`` maps ``(..., latent_dim)`` to the likelihood parameters of
 shape ``(..., *spec.shape)``, ``build_classifier(spec, n_classes)`` gives a coherence classifier.
 Unknown names are an error listing the known ones.
+
+Two families of encoders and decoders (``NetConfig.nets``): ``suite``, the suite's nets sized by
+``width`` and ``features``, and ``multivae``, the layers of the published runs
+(:mod:`mmvae_bench.nets.published`), whose encoders end at a fixed feature size.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 from torch import nn
 
@@ -32,11 +37,15 @@ from mmvae_bench.nets.classifiers import (
     SoundClassifier,
     SVHNClassifier,
 )
+from mmvae_bench.nets.published import MMNIST_FEATURES, MMNISTConvDecoder, MMNISTConvEncoder
 
 __all__ = [
     "CLASSIFIERS",
     "DECODERS",
     "ENCODERS",
+    "NetFamily",
+    "PUBLISHED_DECODERS",
+    "PUBLISHED_ENCODERS",
     "build_classifier",
     "build_decoder",
     "build_encoder",
@@ -60,6 +69,14 @@ DECODERS: dict[str, Callable[[ModalitySpec, int, int], nn.Module]] = {
     "sound": lambda s, d, w: SoundDecoder(d, 2 * w),
     "mlp": lambda s, d, w: MLPDecoder(d, s.shape, 16 * w),
 }
+NetFamily = Literal["suite", "multivae"]
+# The published runs' nets by spec name: (constructor, the encoder's output features).
+PUBLISHED_ENCODERS: dict[str, tuple[Callable[[ModalitySpec], nn.Module], int]] = {
+    "conv28": (lambda s: MMNISTConvEncoder(_channels(s)), MMNIST_FEATURES),
+}
+PUBLISHED_DECODERS: dict[str, Callable[[ModalitySpec, int], nn.Module]] = {
+    "conv28": lambda s, d: MMNISTConvDecoder(d, _channels(s)),
+}
 CLASSIFIERS: dict[str, Callable[[ModalitySpec, int], nn.Module]] = {
     "cnn28": lambda s, k: CNN28(_channels(s), k),
     "cnn32": lambda s, k: CNN32(_channels(s), k),
@@ -78,14 +95,35 @@ def _get(table: dict[str, Callable[..., nn.Module]], kind: str, name: str) -> Ca
         ) from None
 
 
-def build_encoder(spec: ModalitySpec, out_features: int, width: int = 16) -> nn.Module:
-    """Encoder named by ``spec.encoder``: ``(B, *spec.shape) -> (B, out_features)``."""
-    return _get(ENCODERS, "encoder", spec.encoder)(spec, out_features, width)
+def build_encoder(
+    spec: ModalitySpec, out_features: int, width: int = 16, nets: NetFamily = "suite"
+) -> nn.Module:
+    """Encoder named by ``spec.encoder``: ``(B, *spec.shape) -> (B, out_features)``.
+
+    With ``nets="multivae"`` the published net, whose output size is fixed: ``out_features``
+    must equal it (the error names the value to set ``features`` to).
+    """
+    if nets == "suite":
+        return _get(ENCODERS, "encoder", spec.encoder)(spec, out_features, width)
+    build, size = _get(PUBLISHED_ENCODERS, f"{nets} encoder", spec.encoder)
+    if out_features != size:
+        raise BenchError(
+            f"the {nets} '{spec.encoder}' encoder outputs {size} features; set features={size} "
+            f"(got {out_features})"
+        )
+    return build(spec)
 
 
-def build_decoder(spec: ModalitySpec, latent_dim: int, width: int = 16) -> nn.Module:
-    """Decoder named by ``spec.decoder``: ``(..., latent_dim) -> (..., *spec.shape)``."""
-    return _get(DECODERS, "decoder", spec.decoder)(spec, latent_dim, width)
+def build_decoder(
+    spec: ModalitySpec, latent_dim: int, width: int = 16, nets: NetFamily = "suite"
+) -> nn.Module:
+    """Decoder named by ``spec.decoder``: ``(..., latent_dim) -> (..., *spec.shape)``.
+
+    ``nets`` picks the family (``suite``: sized by ``width``; ``multivae``: the published net).
+    """
+    if nets == "suite":
+        return _get(DECODERS, "decoder", spec.decoder)(spec, latent_dim, width)
+    return _get(PUBLISHED_DECODERS, f"{nets} decoder", spec.decoder)(spec, latent_dim)
 
 
 def build_classifier(spec: ModalitySpec, n_classes: int) -> nn.Module:
