@@ -27,7 +27,14 @@ from mmvae_bench.errors import BenchError
 from mmvae_bench.io import atomic_write, atomic_write_json, check_output_folder
 from mmvae_bench.leaderboard.figures import figures_of, stale_figures, write_figures
 from mmvae_bench.leaderboard.html import render_html, write_html, write_index, write_pages
-from mmvae_bench.leaderboard.render import render_markdown, table
+from mmvae_bench.leaderboard.reference import (
+    REFERENCE_FILE,
+    ReferenceEntry,
+    compare,
+    load_references,
+    matching,
+)
+from mmvae_bench.leaderboard.render import reference_table, render_markdown, table
 from mmvae_bench.leaderboard.rows import aggregate
 from mmvae_bench.leaderboard.runs import RunSummary, collect_runs, summarize
 from mmvae_bench.names import check_name
@@ -43,6 +50,7 @@ __all__ = [
     "collect_runs",
     "leaderboard_path",
     "load_leaderboard",
+    "load_references",
     "render_html",
     "render_markdown",
     "summarize",
@@ -88,7 +96,11 @@ def load_leaderboard(out_dir: Path, dataset: str) -> dict[str, Any]:
     try:
         for version in board["protocols"]:
             table(board, version)
+            reference_table(board, version)
         [(s["path"], s["reason"]) for s in board["skipped"]]
+        for ref in board.get("references", []):
+            [ref[k] for k in ("id", "source", "metric_definition", "protocol_notes")]
+            [(c["row"], c["metric"], c["published"]) for c in ref["comparisons"]]
     except (KeyError, TypeError, AttributeError, ValueError) as e:
         why = f"{type(e).__name__}: {e}"
         raise BenchError(f"leaderboard {path} is malformed ({why}); rebuild it") from None
@@ -125,8 +137,30 @@ def write_html_pages(out_dir: Path) -> list[Path]:
     return write_pages(out_dir, _leaderboards_in(out_dir))
 
 
+def _references(out_dir: Path, references: Path | None) -> list[ReferenceEntry]:
+    """The published figures: ``references`` if given (it must exist), else
+    ``out_dir/reference/published.json`` if there (none otherwise)."""
+    if references is not None:
+        return load_references(references)
+    default = out_dir / REFERENCE_FILE
+    return load_references(default) if default.exists() else []
+
+
+def _add_cross_coherence(runs: list[RunSummary], entries: list[ReferenceEntry]) -> None:
+    """Give the runs the one-modality coherences that a reference of theirs reports."""
+    for run in runs:
+        for e in entries:
+            if e.dataset == run.dataset and run.protocol.get("name") in e.protocols:
+                run.values.update({k: run.cross[k] for k in e.values if k in run.cross})
+
+
 def build_leaderboards(
-    runs_dir: Path, out_dir: Path, *, command: str | None = None, figures: bool = True
+    runs_dir: Path,
+    out_dir: Path,
+    *,
+    command: str | None = None,
+    figures: bool = True,
+    references: Path | None = None,
 ) -> BuildReport:
     """Aggregate the records under ``runs_dir`` into ``out_dir/<dataset>.json|.md|.html`` + figures.
 
@@ -137,6 +171,11 @@ def build_leaderboards(
         out_dir: where leaderboards go (``leaderboards/``).
         command: the command line that regenerates them, printed in the markdown.
         figures: write the coherence plot and copy sample grids.
+        references: the published figures to show beside the rows (see
+            :mod:`mmvae_bench.leaderboard.reference`); default
+            ``out_dir/reference/published.json`` when it exists. A leaderboard keeps the
+            entries that match its dataset and protocols, with the comparisons, under
+            ``references`` (absent when none match).
 
     Returns:
         A :class:`BuildReport`; skipped records are listed there and in each dataset's JSON.
@@ -144,7 +183,9 @@ def build_leaderboards(
     """
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     check_output_folder(out_dir)  # a file, or a folder it cannot write: refused before work
+    entries = _references(out_dir, references)
     runs, skipped = collect_runs(runs_dir)
+    _add_cross_coherence(runs, entries)
     rows, dupes, protocols, extractors = aggregate(runs)
     skipped += dupes
     if not runs:
@@ -179,6 +220,12 @@ def build_leaderboards(
                 {"path": s.path, "reason": s.reason} for s in skipped if s.dataset in (ds, None)
             ],
         }
+        matched = matching(entries, ds, board["protocols"])
+        if matched:
+            board["references"] = [
+                {**e.as_record(), "tables": versions, "comparisons": compare(e, versions, ds_rows)}
+                for e, versions in matched
+            ]
         if figures:
             previous = _previous_figures(out_dir, ds)
             stale_figures(out_dir, ds, previous, write_figures(board, runs_dir, out_dir))

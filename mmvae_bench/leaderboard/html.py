@@ -34,7 +34,16 @@ from typing import Any
 
 from mmvae_bench.errors import BenchError
 from mmvae_bench.io import atomic_write
-from mmvae_bench.leaderboard.render import columns, extractor_short, row_label, table
+from mmvae_bench.leaderboard.render import (
+    columns,
+    comparison_text,
+    extractor_short,
+    reference_legend,
+    reference_table,
+    references_of,
+    row_label,
+    table,
+)
 from mmvae_bench.names import check_name
 
 __all__ = [
@@ -370,6 +379,21 @@ def _tables(board: Mapping[str, Any]) -> list[str]:
                     value = r["n_seeds"] if key == "seeds" else (stat or {}).get("mean")
                     tds.append(f'<td data-sort="{_sort_value(value)}">{_e(cell)}</td>')
             out.append(f'<tr {_attrs(r)} data-row="{_e(r["id"])}">' + "".join(tds) + "</tr>")
+        # Published rows: no rank (they sort last by it), in italics, linked to their citation.
+        for ref, cells in reference_table(board, version):
+            href = urllib.parse.quote(f"ref-{ref['id']}")
+            tds = ['<td data-sort="">–</td>']
+            for c, cell in zip(cols[1:], cells, strict=True):
+                value = (ref["values"].get(c["key"]) or {}).get("mean")
+                if c["key"] == "model":
+                    tds.append(
+                        f'<td class="text"><a href="#{_e(href)}"><em>{_e(cell)}</em></a></td>'
+                    )
+                elif c["key"] in _TEXT_COLUMNS:
+                    tds.append(f'<td class="text"><em>{_e(cell)}</em></td>')
+                else:
+                    tds.append(f'<td data-sort="{_sort_value(value)}"><em>{_e(cell)}</em></td>')
+            out.append(f'<tr data-ref="{_e(ref["id"])}">' + "".join(tds) + "</tr>")
         out += ["</tbody>", "</table>", "</div>", "</section>"]
     return out
 
@@ -412,6 +436,32 @@ def _figures(board: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _references(board: Mapping[str, Any]) -> list[str]:
+    refs = references_of(board, None)
+    if not refs:
+        return []
+    out = ['<section id="references">', "<h2>Published reference figures</h2>"]
+    for ref in refs:
+        src = ref["source"]
+        tables = ", ".join(f"<code>{_e(v)}</code>" for v in ref["tables"])
+        url = src["url"] if str(src["url"]).startswith("https://") else None
+        link = f' <a href="{_e(url)}">{_e(url)}</a>' if url else f" {_e(src['url'])}"
+        out += [
+            f'<div class="card" id="{_e("ref-" + str(ref["id"]))}">',
+            f"<h3>{_e(ref['label'])}</h3>",
+            f"<p><code>{_e(ref['model'])}</code> on <code>{_e(ref['dataset'])}</code>, "
+            f"comparable with protocol {_e(', '.join(ref['protocols']))}; shown in {tables}.</p>",
+            f"<p>{_e(src['citation'])} {_e(src['where'])}{link} (read: {_e(src['read'])}).</p>",
+            f"<p>Metric: {_e(ref['metric_definition'])}. Protocol: {_e(ref['protocol_notes'])}</p>",
+            "<ul>",
+        ]
+        out += [f"<li>{_inline(comparison_text(c))}</li>" for c in ref["comparisons"]]
+        if not ref["comparisons"]:
+            out.append(f"<li>No row of <code>{_e(ref['model'])}</code> in {tables}.</li>")
+        out += ["</ul>", "</div>"]
+    return [*out, "</section>"]
+
+
 def _legend(board: Mapping[str, Any]) -> list[str]:
     out = ['<section id="legend">', "<h2>Legend</h2>", "<dl>"]
     for c in [_RANK, *columns(board, None)]:
@@ -430,8 +480,10 @@ def _legend(board: Mapping[str, Any]) -> list[str]:
         "<li>Click a column header to sort by it (numeric columns by their mean, best first; "
         "a missing value last); click again to reverse. The filters above the tables hide rows "
         "of other protocols or samplers. The address bar keeps the view, as a link.</li>",
-        "</ul>",
     ]
+    if references_of(board, None):
+        out += [f"<li>{_inline(text)}.</li>" for text in reference_legend()]
+    out.append("</ul>")
     if board["extractors"]:
         out += ["<h3>FID feature extractors</h3>", "<ul>"]
         for ext, info in sorted(board["extractors"].items()):
@@ -535,7 +587,8 @@ def render_html(board: Mapping[str, Any]) -> str:
         "</nav>",
         "<main>",
     ]
-    lines += _tables(board) + _figures(board) + _legend(board) + _reproduce(board)
+    lines += _tables(board) + _figures(board) + _references(board) + _legend(board)
+    lines += _reproduce(board)
     lines += _skipped(board)
     lines += ["</main>", f"<script>{_JS}</script>", "</body>", "</html>"]
     return "\n".join(lines) + "\n"

@@ -7,7 +7,25 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["columns", "extractor_short", "render_markdown", "row_label", "table"]
+from mmvae_bench.leaderboard.reference import FLAG_SIGMAS, metric_title
+
+__all__ = [
+    "FLAG_MARK",
+    "PUBLISHED_MARK",
+    "columns",
+    "extractor_short",
+    "comparison_text",
+    "reference_legend",
+    "reference_table",
+    "references_of",
+    "render_markdown",
+    "row_label",
+    "table",
+]
+
+# Our cell outside a published figure's band; the label of a published row's model cell.
+FLAG_MARK = "⚠"
+PUBLISHED_MARK = "(published, not rerun)"
 
 
 def extractor_short(name: str, info: Mapping[str, Any]) -> str:
@@ -43,6 +61,16 @@ def columns(board: Mapping[str, Any], version: str | None) -> list[dict[str, str
                 f"{'y' if k == 1 else 'ies'}: class-balanced accuracy of the coherence "
                 "classifiers on generated missing modalities, averaged over subsets S of that "
                 "size and targets; mean ± std over seeds (higher is better)",
+            }
+        )
+    for key in _reference_keys(board, version):
+        if key in present_keys(cols):
+            continue
+        cols.append(
+            {
+                "key": key,
+                "title": metric_title(key),
+                "definition": _reference_definition(key),
             }
         )
     cols.append(
@@ -100,6 +128,102 @@ def columns(board: Mapping[str, Any], version: str | None) -> list[dict[str, str
     return cols
 
 
+def present_keys(cols: list[dict[str, str]]) -> set[str]:
+    """The keys of a list of columns."""
+    return {c["key"] for c in cols}
+
+
+def references_of(board: Mapping[str, Any], version: str | None) -> list[Mapping[str, Any]]:
+    """The published entries shown in one protocol's table (all of them when None)."""
+    refs = board.get("references") or []
+    return [r for r in refs if version is None or version in r["tables"]]
+
+
+def _reference_keys(board: Mapping[str, Any], version: str | None) -> list[str]:
+    keys: list[str] = []
+    for ref in references_of(board, version):
+        keys += [k for k in sorted(ref["values"]) if k not in keys]
+    return keys
+
+
+def _reference_definition(key: str) -> str:
+    if key.startswith("cross_coherence/"):
+        _, source, target = key.split("/")
+        return (
+            f"conditional coherence from `{source}` alone to `{target}`: accuracy of the "
+            f"`{target}` classifier on `{target}` generated from `{source}`; shown because a "
+            "published figure reports it; mean ± std over seeds (higher is better)"
+        )
+    return "the metric a published figure reports; mean ± std over seeds (higher is better)"
+
+
+def _flags(board: Mapping[str, Any]) -> set[tuple[str, str, str]]:
+    """(row id, protocol, metric) of our cells outside a published figure's band."""
+    return {
+        (c["row"], c["protocol"], c["metric"])
+        for ref in references_of(board, None)
+        for c in ref["comparisons"]
+        if c["deviates"]
+    }
+
+
+def _published(value: Mapping[str, Any] | None) -> str:
+    if not value:
+        return "–"
+    text = f"{value['mean']:.3f}"
+    return text + (f" ± {value['std']:.3f}" if value.get("std") is not None else "")
+
+
+def reference_table(
+    board: Mapping[str, Any], version: str
+) -> list[tuple[Mapping[str, Any], list[str]]]:
+    """The published rows of one protocol's table, cells in :func:`columns` order."""
+    cols = columns(board, version)
+    out = []
+    for ref in references_of(board, version):
+        cells = []
+        for c in cols:
+            if c["key"] == "model":
+                cells.append(f"{ref['model']} {PUBLISHED_MARK}")
+            elif c["key"] == "config":
+                cells.append(ref["label"])
+            elif c["key"] == "seeds":
+                cells.append(str(ref["seeds"]) if ref.get("seeds") else "–")
+            else:
+                cells.append(_published(ref["values"].get(c["key"])))
+        out.append((ref, cells))
+    return out
+
+
+def reference_legend() -> list[str]:
+    """What published rows, their matching and the flag mean (Markdown and HTML legends)."""
+    return [
+        f"Rows marked `{PUBLISHED_MARK}` are published figures (`reference/published.json` "
+        "beside the leaderboards, each cited below): copied from the literature, not rerun "
+        "here, not ranked, never averaged with our runs",
+        "A published figure appears in a protocol's table when it is of this dataset and its "
+        "entry names that protocol (`full` or `quick`) as the one it is comparable with; the "
+        "papers evaluate on the whole test set, so entries name `full`, never `quick`. "
+        "Architectures, training budgets and classifiers may still differ (each entry's notes)",
+        f"{FLAG_MARK} marks our cell when a published figure of the same model and metric "
+        "comes with a spread (std over the source's seeds) and our mean lies outside the "
+        f"published mean ± {FLAG_SIGMAS:g} × that std; a figure without a published spread is "
+        "compared (Δ below) but never flags",
+    ]
+
+
+def comparison_text(c: Mapping[str, Any]) -> str:
+    """One comparison of our row with a published value, in words."""
+    head = f"`{c['row']}` {metric_title(c['metric'])}: "
+    if c["ours"] is None:
+        return head + f"published {c['published']:.3f}; the row has no value of this metric"
+    text = f"ours {c['ours']:.3f} vs published {c['published']:.3f} (Δ {c['delta']:+.3f}"
+    if c["band"] is None:
+        return head + text + "; no published spread: not flagged)"
+    verdict = f"outside: flagged {FLAG_MARK}" if c["deviates"] else "within"
+    return head + text + f"; band ± {c['band']:.3f}: {verdict})"
+
+
 def _fmt(stat: Mapping[str, Any] | None, key: str, n_seeds: int) -> str:
     if not stat:
         return "–"
@@ -115,6 +239,7 @@ def _fmt(stat: Mapping[str, Any] | None, key: str, n_seeds: int) -> str:
 def table(board: Mapping[str, Any], version: str) -> tuple[list[str], list[list[str]]]:
     """Headers and string cells of one protocol's table (shared by the .md and ``show``)."""
     cols = columns(board, version)
+    flags = _flags(board)
     body = []
     for r in board["rows"]:
         if r["protocol"] != version:
@@ -131,7 +256,10 @@ def table(board: Mapping[str, Any], version: str) -> tuple[list[str], list[list[
             elif c["key"] == "sampler":
                 cells.append(r.get("sampler", "prior"))
             else:
-                cells.append(_fmt(r["metrics"].get(c["key"]), c["key"], r["n_seeds"]))
+                cell = _fmt(r["metrics"].get(c["key"]), c["key"], r["n_seeds"])
+                if (r["id"], version, c["key"]) in flags:
+                    cell += f" {FLAG_MARK}"
+                cells.append(cell)
         body.append(cells)
     return [c["title"] for c in cols], body
 
@@ -171,6 +299,9 @@ def render_markdown(board: Mapping[str, Any]) -> str:
         lines.append("| " + " | ".join(_md_escape(h) for h in headers) + " |")
         lines.append("|" + "|".join("---" if i < 2 else "---:" for i in range(len(headers))) + "|")
         lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in body]
+        for _, cells in reference_table(board, version):
+            cells = [f"*{cells[0]}*", *cells[1:]]
+            lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
         lines.append("")
     if board["figures"].get("coherence_by_size"):
         lines += [
@@ -195,6 +326,24 @@ def render_markdown(board: Mapping[str, Any]) -> str:
         for r in grids:
             for kind, path in sorted(r["figures"].items()):
                 lines += [f"![{r['model']} {kind} samples]({path})", ""]
+    refs = references_of(board, None)
+    if refs:
+        lines += ["## Published reference figures", ""]
+        for ref in refs:
+            src = ref["source"]
+            tables = ", ".join(f"`{v}`" for v in ref["tables"])
+            lines += [
+                f"- **{_md_escape(ref['label'])}** (`{ref['model']}` on `{ref['dataset']}`, "
+                f"comparable with protocol {', '.join(ref['protocols'])}; shown in {tables}): "
+                f"{_md_escape(src['citation'])} {_md_escape(src['where'])} <{src['url']}> "
+                f"(read: {_md_escape(src['read'])}).",
+                f"  - Metric: {_md_escape(ref['metric_definition'])}.",
+                f"  - Protocol: {_md_escape(ref['protocol_notes'])}",
+            ]
+            lines += [f"  - {_md_escape(comparison_text(c))}" for c in ref["comparisons"]]
+            if not ref["comparisons"]:
+                lines.append(f"  - No row of `{ref['model']}` in {tables} to compare.")
+        lines.append("")
     lines += ["## Legend", ""]
     for c in columns(board, None):
         lines.append(f"- **{_md_escape(c['title'])}**: {c['definition']}.")
@@ -207,8 +356,10 @@ def render_markdown(board: Mapping[str, Any]) -> str:
         "coherence does not depend on the sampler (they agree), joint coherence and "
         "unconditional FID do.",
         "- The best seed (highest mean conditional coherence) provides the sample grids.",
-        "",
     ]
+    if refs:
+        lines += [f"- {text}." for text in reference_legend()]
+    lines.append("")
     if board["extractors"]:
         lines += ["### FID feature extractors", ""]
         for ext, info in sorted(board["extractors"].items()):

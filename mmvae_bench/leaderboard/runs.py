@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mmvae_bench.eval.protocol import (
+    COND_COHERENCE,
     COND_COHERENCE_BY_SIZE,
     FID,
     FID_EXTRACTORS,
@@ -74,6 +75,9 @@ class RunSummary:
     # Where the unconditional grid's codes came from; records older than the field drew them
     # from the prior whatever their sampler.
     unconditional_source: str = "prior"
+    # Coherence from one modality to another, ``cross_coherence/<source>/<target>``: added to
+    # ``values`` only where a published reference reports it (a 5-modality dataset has 20).
+    cross: dict[str, float] = field(default_factory=dict)
 
     @property
     def sampler_id(self) -> str:
@@ -164,6 +168,25 @@ def _fid_values(metrics: Mapping[str, Any]) -> tuple[dict[str, float], dict[str,
     return values, extractors
 
 
+def _cross_values(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """``cross_coherence/<source>/<target>`` of single-modality subsets; malformed entries are
+    reasons to skip the record (as for the other metrics)."""
+    per_subset = metrics.get(COND_COHERENCE) or {}
+    if not isinstance(per_subset, dict):
+        raise _Invalid(f"malformed: metrics.{COND_COHERENCE} is not an object")
+    out: dict[str, float] = {}
+    for subset, accs in per_subset.items():
+        if "+" in subset:
+            continue
+        if not isinstance(accs, dict):
+            raise _Invalid(f"malformed: metrics.{COND_COHERENCE}.{subset} is not an object")
+        for target, acc in accs.items():
+            if target != "mean":
+                key = f"cross_coherence/{subset}/{target}"
+                out[key] = _number(acc, f"coherence {subset} -> {target}")
+    return out
+
+
 def summarize(path: Path, record: RunRecord, root: Path | None = None) -> RunSummary:
     """Check one record and flatten its numbers; raises ``_Invalid`` with the reason."""
     if record.status != "ok":
@@ -192,6 +215,7 @@ def summarize(path: Path, record: RunRecord, root: Path | None = None) -> RunSum
                 raise _Invalid(f"malformed: metrics.{COND_COHERENCE_BY_SIZE}.{k}")
             values[f"coherence/{int(k)}"] = _number(v.get("mean"), f"coherence |S|={k}")
         values["joint_coherence"] = _number(metrics[JOINT_COHERENCE], JOINT_COHERENCE)
+        cross = _cross_values(metrics)
         fid_values, extractors = _fid_values(metrics)
         values.update(fid_values)
         protocol = dict(record.protocol)
@@ -219,6 +243,7 @@ def summarize(path: Path, record: RunRecord, root: Path | None = None) -> RunSum
         extractors=extractors,
         sampler=sampler,
         unconditional_source=str((record.figures.get(PRIOR_GRID) or {}).get("source", "prior")),
+        cross=cross,
     )
 
 
