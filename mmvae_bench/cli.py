@@ -451,6 +451,13 @@ def leaderboard_build(
         "leaderboards"
     ),
     figures: Annotated[bool, typer.Option(help="Write figures next to the tables.")] = True,
+    references: Annotated[
+        Path | None,
+        typer.Option(
+            help="Published figures to show beside the rows (JSON); default: "
+            "<out>/reference/published.json when it exists."
+        ),
+    ] = None,
 ) -> None:
     """Aggregate run records into <out>/<dataset>.json and .md, with figures."""
     from mmvae_bench.leaderboard import build_leaderboards
@@ -458,8 +465,10 @@ def leaderboard_build(
     report = build_leaderboards(
         runs,
         out,
-        command=f"mmvae-bench leaderboard build --runs {runs} --out {out}",
+        command=f"mmvae-bench leaderboard build --runs {runs} --out {out}"
+        + (f" --references {references}" if references else ""),
         figures=figures,
+        references=references,
     )
     leaderboard_build_report(report)
 
