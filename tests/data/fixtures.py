@@ -125,7 +125,8 @@ def write_polymnist(
 
     Returns:
         Per split: images (5, N, 3, 28, 28) uint8 and labels (N,), tuples in (label, i) order.
-        Pixel [0, 0] of every image holds (k, label, i) so a tuple's members are recognisable.
+        Pixel [0, 0] of every image holds (k, label, i mod 256) so a tuple's members are
+        recognisable.
     """
     rng = np.random.default_rng(seed)
     out = {}
@@ -138,7 +139,7 @@ def write_polymnist(
             folder.mkdir(parents=True, exist_ok=True)
             for j in range(n):
                 label, i = int(labels[j]), j % n_per_class
-                images[k, j, :, 0, 0] = (k, label, i)
+                images[k, j, :, 0, 0] = (k, label, i % 256)  # wraps at published sizes
                 Image.fromarray(images[k, j].transpose(1, 2, 0), "RGB").save(
                     folder / f"{i}.{label}.png"
                 )
