@@ -234,6 +234,27 @@ def run(
         ),
     ] = False,
     plugin: PluginOpt = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="paper: the published runs' architecture and training (PolyMNIST; --set "
+            "overrides a field)."
+        ),
+    ] = None,
+    validation: Annotated[
+        float | None,
+        typer.Option(help="Fraction of the training split held out (default: preset's, or 0)."),
+    ] = None,
+    lr_patience: Annotated[
+        int | None,
+        typer.Option(help="ReduceLROnPlateau patience in epochs (default: preset's, or none)."),
+    ] = None,
+    keep_best: Annotated[
+        bool | None,
+        typer.Option(
+            help="End each stage with its best-validation parameters (default: preset's)."
+        ),
+    ] = None,
 ) -> None:
     """Train a model, evaluate it, and write runs/<run-id>/results.json."""
     from mmvae_bench.runner import run as run_model
@@ -267,6 +288,10 @@ def run(
         inception_weights=inception_weights,
         run_id=run_id,
         plugins=tuple(plugin or ()),
+        preset=preset,
+        validation=validation,
+        lr_patience=lr_patience,
+        keep_best=keep_best,
     )
     record = run_model(
         cfg,

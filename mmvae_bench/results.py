@@ -39,6 +39,7 @@ __all__ = [
     "RECORD_FILE",
     "REQUIRED_KEYS",
     "SCHEMA_VERSION",
+    "ImportRecord",
     "PluginFile",
     "RunRecord",
     "RunStatus",
@@ -56,8 +57,9 @@ __all__ = [
 ]
 
 #: Version of the record schema this code writes. 1: the untyped record of mmvae-bench <= 0.1
-#: (no ``epochs``, ``plugins``, ``command``, ``uid``); 2: this schema.
-SCHEMA_VERSION = 2
+#: (no ``epochs``, ``plugins``, ``command``, ``uid``); 2: without ``preset``, ``imported`` and
+#: the stages' ``validation_loss``/``best_epoch``; 3: this schema.
+SCHEMA_VERSION = 3
 RECORD_FILE = "results.json"
 # The sample grids in a run folder (written by `run` and `evaluate`, linked by leaderboards).
 COND_GRID = "samples.png"
@@ -102,6 +104,27 @@ class StageRecord:
     samples_per_s: float
     loss: dict[str, float]
     precompute_s: float = 0.0
+    validation_loss: float | None = None  # the kept parameters' held-out loss (if any)
+    best_epoch: int | None = None  # the kept epoch (1-based) under keep_best
+
+
+@dataclass
+class ImportRecord:
+    """Where an imported model's weights came from (``mmvae-bench import``).
+
+    Attributes:
+        source: the library that trained it (``multivae``).
+        path: the folder it was imported from, absolute.
+        model_class: the source library's model class (``JNF``, ``MoPoE``, ...).
+        files: ``{file name: sha256}`` of the files read.
+        version: the source library's version that saved it, when the folder says.
+    """
+
+    source: str
+    path: str
+    model_class: str
+    files: dict[str, str]
+    version: str | None = None
 
 
 @dataclass
@@ -142,6 +165,10 @@ class RunRecord:
         evaluations: one entry per ``mmvae-bench evaluate``.
         resumed: one entry per ``run --resume`` (when, the stages already done, environment).
         error, traceback: why a failed run failed (a traceback only for bugs).
+        preset: the ``--preset`` the run's model config and training settings came from
+            (None: the plugin's defaults); part of a leaderboard row's identity.
+        imported: set when the weights were imported, not trained here (``stages`` then
+            holds no stage and ``epochs`` the source's plan as far as its config says).
     """
 
     schema: int
@@ -170,6 +197,8 @@ class RunRecord:
     resumed: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
     traceback: str | None = None
+    preset: str | None = None
+    imported: ImportRecord | None = None
 
     # -- reading and writing -----------------------------------------------------------------
     @classmethod
@@ -259,7 +288,7 @@ def migrate(raw: Any) -> dict[str, Any]:
 
     Schema 1 (mmvae-bench <= 0.1) had no ``epochs`` (taken from its finished stages, the only
     trace of what ran), ``plugins`` (none recorded), ``command``, ``uid`` and ``stages`` keyed
-    consistently; nothing else changed meaning.
+    consistently; nothing else changed meaning. Schema 2 lacked only optional fields.
     """
     if not isinstance(raw, dict):
         raise _FieldError(f"the record is {type(raw).__name__}, not a JSON object")
@@ -286,6 +315,10 @@ def migrate(raw: Any) -> dict[str, Any]:
         data.setdefault("uid", None)
         data.setdefault("resumed", [])
         data["schema"] = 2
+    if data["schema"] == 2:
+        # Schema 3 added optional fields only (preset, imported, per-stage validation): a
+        # schema-2 record ran no preset, was trained here and held nothing out.
+        data["schema"] = 3
     return data
 
 

@@ -28,6 +28,7 @@ from mmvae_bench.io import atomic_torch_save, load_tensors
 from mmvae_bench.model import ModelConfig, ModelEntry, MultimodalVAE
 from mmvae_bench.plots import prior_grid, sample_grid
 from mmvae_bench.plugins import Registry
+from mmvae_bench.presets import TRAINING, preset_values
 from mmvae_bench.results import (
     COND_GRID,
     PRIOR_GRID,
@@ -76,13 +77,19 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_model_config(
-    entry: ModelEntry, dataset: MultimodalDataset, overrides: dict[str, Any]
+    entry: ModelEntry,
+    dataset: MultimodalDataset,
+    overrides: dict[str, Any],
+    preset: dict[str, Any] | None = None,
 ) -> ModelConfig:
     """Model config = class defaults < the plugin's per-dataset defaults < user overrides.
 
-    ``latent_dim`` left at None takes the dataset's, so the record holds the value that ran.
+    A ``preset``'s values (:func:`mmvae_bench.presets.preset_values`) take the place of the
+    per-dataset defaults. ``latent_dim`` left at None takes the dataset's, so the record holds
+    the value that ran.
     """
-    values = {**dict(entry.defaults.get(dataset.name, {})), **overrides}
+    base = preset if preset is not None else dict(entry.defaults.get(dataset.name, {}))
+    values = {**base, **overrides}
     if values.get("latent_dim") is None:
         values["latent_dim"] = dataset.latent_dim
     return make_config(entry.config, values)
@@ -130,6 +137,44 @@ def run_fid_settings(cfg: RunConfig) -> FIDSettings | None:
     return fid_settings(cfg.fid, cfg.inception_weights)
 
 
+def resolve_training(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with its training options filled from its preset (or switched off without one).
+
+    Raises:
+        BenchError: ``keep_best`` without a validation split.
+    """
+    preset = TRAINING.get(cfg.preset) if cfg.preset is not None else None
+    validation = (
+        cfg.validation if cfg.validation is not None else (preset.validation if preset else 0.0)
+    )
+    resolved = dataclasses.replace(
+        cfg,
+        validation=validation,
+        validation_seed=preset.validation_seed if preset else cfg.validation_seed,
+        lr_patience=cfg.lr_patience
+        if cfg.lr_patience is not None
+        else (preset.lr_patience if preset else None),
+        keep_best=cfg.keep_best if cfg.keep_best is not None else bool(preset and preset.keep_best),
+    )
+    if resolved.keep_best and not resolved.validation:
+        raise BenchError("--keep-best needs a validation split (--validation > 0)")
+    return resolved
+
+
+def train_settings(cfg: RunConfig, plan: dict[str, int], progress: bool) -> TrainSettings:
+    """The trainer's settings for a resolved run config (:func:`resolve_training`)."""
+    return TrainSettings(
+        epochs=plan,
+        precision=cfg.precision,
+        progress=progress,
+        seed=cfg.seed,
+        validation=float(cfg.validation or 0.0),
+        validation_seed=cfg.validation_seed,
+        lr_patience=cfg.lr_patience,
+        keep_best=bool(cfg.keep_best),
+    )
+
+
 def _run_settings(cfg: RunConfig) -> dict[str, Any]:
     """The run config as given, JSON-able (the record's ``run``)."""
     return jsonable(dataclasses.asdict(cfg))
@@ -172,12 +217,18 @@ def run(
     say = status or (lambda msg: None)
     torch.set_num_threads(cfg.threads)
     entry = registry.model(cfg.model)
+    preset = (
+        preset_values(entry, cfg.dataset, cfg.preset, registry.models)
+        if cfg.preset is not None
+        else None
+    )
+    cfg = resolve_training(cfg)
     protocol = get_protocol(cfg.protocol)
     device = resolve_device(cfg.device)
     fid = run_fid_settings(cfg)
     plugins = [_plugin_file(p) for p in cfg.plugins]
     dataset = run_dataset(registry, cfg)
-    config = resolve_model_config(entry, dataset, dict(cfg.overrides))
+    config = resolve_model_config(entry, dataset, dict(cfg.overrides), preset)
     _seed_everything(cfg.seed)
     model = entry.cls(dataset, config)
     plan = epoch_plan(model.stages, cfg.epochs)
@@ -255,6 +306,7 @@ def _run_claimed(
         plugins=plugins,
         command=command,
         dataset_info={"train": len(dataset.train), "test": len(dataset.test), **dataset.info},
+        preset=cfg.preset,
     )
     done: list[str] = []
     rng_state = None
@@ -293,9 +345,7 @@ def _run_claimed(
                 model,
                 dataset,
                 accelerator,
-                TrainSettings(
-                    epochs=plan, precision=cfg.precision, progress=progress, seed=cfg.seed
-                ),
+                train_settings(cfg, plan, progress),
                 checkpoint=stage_done,
                 on_epoch=on_epoch,
                 done=tuple(done),

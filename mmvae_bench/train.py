@@ -14,7 +14,7 @@ from accelerate import Accelerator
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import Tensor
 
-from mmvae_bench.data.spec import MultimodalDataset, iter_batches
+from mmvae_bench.data.spec import MultimodalDataset, Split, iter_batches
 from mmvae_bench.errors import BenchError, NonFiniteLossError
 from mmvae_bench.flows import FlowPosterior
 from mmvae_bench.model import MultimodalVAE, Stage
@@ -25,6 +25,7 @@ __all__ = [
     "compile_submodules",
     "epoch_plan",
     "freeze_for_stage",
+    "holdout",
     "make_adam",
     "rng_states",
     "stage_epochs",
@@ -47,6 +48,19 @@ class TrainSettings:
     progress: bool = True
     check_every: int = 25  # steps between host syncs (NaN check, progress); none per step
     seed: int = 0
+    # Held-out validation (``--preset paper``: 0.1, seed 42, patience 30, keep the best):
+    validation: float = 0.0  # fraction of the training split held out; 0: none
+    validation_seed: int = 42  # seed of the held-out draw, independent of ``seed``
+    lr_patience: int | None = None  # ReduceLROnPlateau patience (on the validation loss)
+    keep_best: bool = False  # end each stage with its lowest-validation-loss parameters
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.validation < 1.0:
+            raise BenchError(f"validation must be in [0, 1), got {self.validation}")
+        if self.lr_patience is not None and self.lr_patience < 0:
+            raise BenchError(f"lr_patience must be >= 0, got {self.lr_patience}")
+        if self.keep_best and self.validation == 0.0:
+            raise BenchError("keep_best needs a validation split (validation > 0)")
 
 
 @dataclass
@@ -61,6 +75,23 @@ class StageReport:
     samples_per_s: float
     loss: dict[str, float]
     precompute_s: float = 0.0
+    validation_loss: float | None = None  # the kept parameters' validation loss
+    best_epoch: int | None = None  # the epoch (1-based) whose parameters were kept
+
+
+def holdout(split: Split, fraction: float, seed: int) -> tuple[Split, Split | None]:
+    """``(train, validation)``: ``round(fraction * n)`` samples drawn with ``seed`` held out.
+
+    The draw is ``torch.randperm(n)`` from a generator seeded with ``seed``, the last part
+    held out, so it depends only on ``n`` and ``seed`` (as ``random_split`` in the reference).
+    """
+    n_val = round(fraction * len(split))
+    if n_val == 0:
+        return split, None
+    if n_val >= len(split):
+        raise BenchError(f"validation={fraction} leaves no training samples (of {len(split)})")
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
+    return split.subset(order[: len(split) - n_val]), split.subset(order[len(split) - n_val :])
 
 
 def stage_epochs(stage: Stage, overrides: Mapping[str, int]) -> int:
@@ -190,8 +221,10 @@ def train(
         NonFiniteLossError: a loss became NaN/inf; names stage, epoch and step.
     """
     device = accelerator.device
-    x = {k: v.to(device, non_blocking=True) for k, v in dataset.train.x.items()}
-    n_train = len(dataset.train)
+    kept, held = holdout(dataset.train, settings.validation, settings.validation_seed)
+    x = {k: v.to(device, non_blocking=True) for k, v in kept.x.items()}
+    x_val = held.to(device, non_blocking=True) if held is not None else None
+    n_train = len(kept)
     gen = torch.Generator().manual_seed(settings.seed)
     if rng_state is not None:
         _restore_rng(rng_state, gen)
@@ -222,6 +255,7 @@ def train(
             settings,
             gen,
             on_epoch,
+            x_val,
         )
         report.wall_s += t_pre
         report.precompute_s = t_pre
@@ -265,6 +299,7 @@ def _run_stage(
     settings: TrainSettings,
     gen: torch.Generator,
     on_epoch: EpochCallback | None,
+    x_val: Split | None = None,
 ) -> StageReport:
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -277,6 +312,12 @@ def _run_stage(
     total = epochs * steps_per_epoch
     samples = steps = 0
     last: dict[str, float] = {}
+    plateau = (
+        torch.optim.lr_scheduler.ReduceLROnPlateau(_torch_optimizer(opt), patience=lr_patience)
+        if (lr_patience := settings.lr_patience) is not None
+        else None
+    )
+    best: tuple[float, int, dict[str, Tensor]] | None = None  # loss, epoch, parameters
     t0 = time.perf_counter()
     with Progress(*columns, disable=not settings.progress, transient=False) as bar:
         task = bar.add_task(f"{stage.name}", total=total, status="")
@@ -321,8 +362,17 @@ def _run_stage(
                     f"{stage.name} epoch {epoch + 1}/{epochs}: "
                     + ", ".join(f"{k} {v:.4g}" for k, v in last.items())
                 )
+            if x_val is not None:
+                val = _validation_loss(model, stage, x_val, batch_size, epoch + 1)
+                last["val_loss"] = val
+                if settings.keep_best and (best is None or val < best[0]):
+                    best = (val, epoch + 1, _stage_state(model, stage))
+            if plateau is not None:
+                plateau.step(last["val_loss"] if x_val is not None else last["loss"])
             if on_epoch is not None:
                 on_epoch(stage.name, epoch, last)
+    if best is not None:
+        _load_stage_state(model, best[2])
     wall = time.perf_counter() - t0
     return StageReport(
         name=stage.name,
@@ -332,7 +382,48 @@ def _run_stage(
         wall_s=wall,
         samples_per_s=samples / wall if wall > 0 else 0.0,
         loss=last,
+        validation_loss=best[0] if best is not None else last.get("val_loss"),
+        best_epoch=best[1] if best is not None else None,
     )
+
+
+def _torch_optimizer(opt: Any) -> torch.optim.Optimizer:
+    # accelerate wraps the optimizer; the LR scheduler needs the torch one underneath.
+    return getattr(opt, "optimizer", opt)
+
+
+def _validation_loss(
+    model: MultimodalVAE, stage: Stage, x_val: Split, batch_size: int, epoch: float
+) -> float:
+    """Mean of the stage's loss over the held-out samples, every module in ``eval()``."""
+    modes = {name: child.training for name, child in model.named_children()}
+    model.eval()
+    total, n = 0.0, 0
+    kwargs = {"epoch": float(epoch)} if stage.pass_epoch else {}
+    with torch.no_grad():
+        for batch, _ in iter_batches(x_val, batch_size, shuffle=False):
+            b = next(iter(batch.values())).shape[0]
+            total += float(model.loss(batch, stage.name, {}, **kwargs)["loss"]) * b
+            n += b
+    for name, child in model.named_children():
+        child.train(modes[name])
+    return total / max(n, 1)
+
+
+def _stage_state(model: MultimodalVAE, stage: Stage) -> dict[str, Tensor]:
+    """A copy of the stage's modules' parameters and buffers (what keep_best restores)."""
+    return {
+        f"{name}.{k}": v.detach().clone()
+        for name in stage.modules
+        for k, v in getattr(model, name).state_dict().items()
+    }
+
+
+def _load_stage_state(model: MultimodalVAE, state: dict[str, Tensor]) -> None:
+    with torch.no_grad():
+        for key, value in state.items():
+            name, _, rest = key.partition(".")
+            getattr(model, name).state_dict()[rest].copy_(value)
 
 
 def _check_loss_output(model: MultimodalVAE, stage: str, out: Any) -> None:

@@ -38,7 +38,7 @@ from mmvae_bench.eval.protocol import (
     JOINT_COHERENCE,
 )
 from mmvae_bench.leaderboard import build_leaderboards
-from mmvae_bench.results import COND_GRID, PRIOR_GRID, RunRecord
+from mmvae_bench.results import COND_GRID, PRIOR_GRID, SCHEMA_VERSION, RunRecord
 
 BOARDS = Path(__file__).resolve().parent.parent / "leaderboards"
 DATASETS = ("circles-squares", "polymnist-lite")
@@ -275,7 +275,7 @@ def _write_runs(board: dict[str, Any], runs_dir: Path) -> None:
             path.write_text(json.dumps(_record(row, run, board, t), indent=2) + "\n")
             t += dt.timedelta(minutes=1)
             loaded = RunRecord.load(path)  # schema-1 migration: the plan from the stages
-            assert loaded.schema == 2 and loaded.epochs == row["config"]["epochs"]
+            assert loaded.schema == SCHEMA_VERSION and loaded.epochs == row["config"]["epochs"]
         best = next(r for r in row["runs"] if r["seed"] == row["best_seed"])
         run_dir = (runs_dir / best["path"]).parent
         source = row["unconditional_source"]

@@ -40,6 +40,7 @@ __all__ = [
 # Run settings besides the model config that change results; the seed, run id, device, threads
 # and paths do not, so runs that differ only in those share a row.
 _RUN_KEYS_IN_CONFIG = ("precision",)
+_TRAINING_KEYS = ("validation", "lr_patience", "keep_best")
 PRIOR_SAMPLER: dict[str, Any] = {"kind": "prior", "settings": {}}
 
 
@@ -107,14 +108,32 @@ def _number(value: Any, what: str) -> float:
 
 
 def config_identity(record: RunRecord) -> dict[str, Any]:
-    """What makes two runs the same configuration: model config, epochs run, precision."""
+    """What makes two runs the same configuration: model config, epochs run, precision.
+
+    Also, only where set (so older records keep their ids): the preset, the training options
+    that change what is kept (validation split, LR schedule, best-model selection) and, for an
+    imported model, where it was trained.
+    """
     config = {k: v for k, v in record.config.items() if k != "seed"}
     epochs = {name: s.epochs for name, s in record.stages.items()}
-    return {
+    identity = {
         "config": config,
         "epochs": epochs,
         **{k: record.run.get(k) for k in _RUN_KEYS_IN_CONFIG},
     }
+    if record.preset is not None:
+        identity["preset"] = record.preset
+    for key in _TRAINING_KEYS:
+        if record.run.get(key):
+            identity[key] = record.run[key]
+    if record.run.get("validation"):
+        identity["validation_seed"] = record.run.get("validation_seed")
+    if record.imported is not None:
+        identity["imported"] = {
+            "source": record.imported.source,
+            "model_class": record.imported.model_class,
+        }
+    return identity
 
 
 def sampler_identity(record: RunRecord) -> dict[str, Any]:
