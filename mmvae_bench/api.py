@@ -127,6 +127,20 @@ __test__ = {
     Traceback (most recent call last):
     ...
     mmvae_bench.errors.BenchError: modality 'a' has 3 samples, labels have 4
+
+    Images are stored as uint8 with their divisor; a paired modality stores each unique row
+    once and an index per sample; batches come out as float32:
+
+    >>> pixels = torch.tensor([[0, 255], [51, 102]], dtype=torch.uint8)  # 2 unique rows
+    >>> split = Split(
+    ...     {"img": pixels, "v": torch.zeros(3, 1)}, y=torch.arange(3),
+    ...     divisor={"img": 255.0}, index={"img": torch.tensor([1, 0, 1])},
+    ... )
+    >>> split.batch(torch.tensor([0, 1]))["img"]
+    tensor([[0.2000, 0.4000],
+            [0.0000, 1.0000]])
+    >>> split.nbytes  # 4 pixel bytes, 3 floats, 3 + 3 int64 (index, labels)
+    64
     """,
     "MultimodalDataset": """
     >>> import torch
@@ -377,10 +391,10 @@ __test__ = {
     >>> model = Decoders(data, ModelConfig(latent_dim=2))
     >>> model.modalities, [s.name for s in model.stages]
     (('m0', 'm1'), ['train'])
-    >>> {m: x.shape for m, x in model.generate(data.train.x, ("m1",), n=3).items()}
+    >>> {m: x.shape for m, x in model.generate(data.train.batch(), ("m1",), n=3).items()}
     {'m0': torch.Size([3, 16, 6]), 'm1': torch.Size([3, 16, 6])}
     >>> try:  # doctest: +NORMALIZE_WHITESPACE
-    ...     model.loss(data.train.x, "trian", {})
+    ...     model.loss(data.train.batch(), "trian", {})
     ... except BenchError as e:
     ...     print(e)
     Decoders was called with stage 'trian', which it does not declare; declared stages:

@@ -62,7 +62,7 @@ def sample_grid(
     generated from it (the input's own row is its reconstruction through the posterior).
     """
     mods = model.modalities
-    batch = {m: t[:n_examples].to(device) for m, t in test.x.items()}
+    batch = test.batch(slice(0, n_examples), device)
     rows: list[Tensor] = []
     labels: list[str] = []
     for m in mods:

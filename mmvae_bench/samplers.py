@@ -336,8 +336,7 @@ def joint_embeddings(
     model.eval()
     mods = tuple(model.modalities)
     out = []
-    for batch, _ in iter_batches(split.x, batch_size, shuffle=False):
-        batch = {m: batch[m].to(device, non_blocking=True) for m in mods}
+    for batch, _ in iter_batches(split.select(mods), batch_size, shuffle=False, device=device):
         out.append(model.encode(batch, mods, 1).z[0].float())
     return torch.cat(out)
 

@@ -189,7 +189,7 @@ def check_model(
     config = _check_config(entry, dataset, overrides or {})
     torch.manual_seed(0)
     model = _build(entry, dataset, config)
-    batch = {m: t[:batch_size] for m, t in dataset.train.x.items()}
+    batch = dataset.train.batch(slice(0, batch_size))
     stages = _stages(name, model)
     for stage in stages:
         _check_stage(name, model, stage, batch)

@@ -178,9 +178,7 @@ def compile_submodules(model: torch.nn.Module) -> list[str]:
     return names
 
 
-def _precompute(
-    model: MultimodalVAE, x: Mapping[str, Tensor], stage: str, batch_size: int
-) -> dict[str, Tensor]:
+def _precompute(model: MultimodalVAE, x: Split, stage: str, batch_size: int) -> dict[str, Tensor]:
     out: dict[str, list[Tensor]] = {}
     with torch.no_grad():
         for batch, _ in iter_batches(x, batch_size, shuffle=False):
@@ -204,7 +202,8 @@ def train(
 
     Args:
         model: the model, already on ``accelerator.device``.
-        dataset: its training split is moved to the device once (tensor-resident batches).
+        dataset: its training split is moved to the device once at its native precision
+            (tensor-resident batches, converted to float32 there batch by batch).
         accelerator: device placement, mixed precision and backward.
         settings: epochs overrides, precision, progress, NaN-check interval, seed.
         checkpoint: called after each stage with its report and :func:`rng_states` (the
@@ -222,7 +221,7 @@ def train(
     """
     device = accelerator.device
     kept, held = holdout(dataset.train, settings.validation, settings.validation_seed)
-    x = {k: v.to(device, non_blocking=True) for k, v in kept.x.items()}
+    x = kept.to(device, non_blocking=True)
     x_val = held.to(device, non_blocking=True) if held is not None else None
     n_train = len(kept)
     gen = torch.Generator().manual_seed(settings.seed)
@@ -291,7 +290,7 @@ def _run_stage(
     stage: Stage,
     epochs: int,
     steps_per_epoch: int,
-    x: Mapping[str, Tensor],
+    x: Split,
     cached: Mapping[str, Tensor],
     batch_size: int,
     opt: Any,

@@ -80,7 +80,9 @@ def _split(n: int, generator: torch.Generator) -> tuple[Split, Tensor]:
     y = (torch.arange(n) % 2)[torch.randperm(n, generator=generator)]
     low, high = RADIUS_RANGE
     radius = low + (high - low) * torch.rand(n, 2, generator=generator)
-    return Split(render(radius, y.bool()), y), radius
+    # Stored as uint8 0/1 (divisor 1): batches are the float32 0/1 images render() draws.
+    images = {m: t.to(torch.uint8) for m, t in render(radius, y.bool()).items()}
+    return Split(images, y, divisor=dict.fromkeys(MODALITIES, 1.0)), radius
 
 
 def build(seed: int = DATASET_SEED) -> tuple[dict[str, Split], dict[str, Tensor]]:

@@ -49,6 +49,7 @@ from mmvae_bench.data.download import (
     verify_sha256,
 )
 from mmvae_bench.data.memory import is_out_of_memory, memory_guard, require_memory
+from mmvae_bench.data.precision import narrowest_exact
 from mmvae_bench.data.published import (
     count_problems,
     record_counts,
@@ -172,9 +173,11 @@ def load(options: DataOptions) -> MultimodalDataset:
 
     Returns:
         A dataset with modalities ``image`` (1, 28, 28), ``trajectory`` (200,) and ``sound``
-        (1, 32, 128), float32, labels 0-9. ``rescale`` (likelihood weights lambda_j) is the ratio
-        of the largest modality's size to each modality's size: sound 1, image 4096/784,
-        trajectory 4096/200, so each modality weighs like the largest one in the ELBO.
+        (1, 32, 128), batched as float32 (each stored in the narrowest dtype that holds its
+        values exactly: uint8 for k/255 images, float16, else float32), labels 0-9.
+        ``rescale`` (likelihood weights lambda_j) is the ratio of the largest modality's size
+        to each modality's size: sound 1, image 4096/784, trajectory 4096/200, so each
+        modality weighs like the largest one in the ELBO.
 
     Raises:
         BenchError: no data dir, a file that is missing or corrupt (named, with the fetch
@@ -216,8 +219,9 @@ def read_split(data_dir: Path, split: str) -> tuple[Split, dict[str, Any]]:
     """One split file, checked and converted to the model layout.
 
     Returns:
-        The split (x: image (N, 1, 28, 28), trajectory (N, 200), sound (N, 1, 32, 128), float32;
-        y: (N,) long) and provenance: value ranges and the normalisation constants as floats.
+        The split (x: image (N, 1, 28, 28), trajectory (N, 200), sound (N, 1, 32, 128), each in
+        the narrowest exact dtype, batched as float32; y: (N,) long) and provenance: stored
+        dtypes, value ranges and the normalisation constants as floats.
 
     Raises:
         BenchError: naming the file and what is wrong (missing, a web page, unreadable or
@@ -234,7 +238,7 @@ def read_split(data_dir: Path, split: str) -> tuple[Split, dict[str, Any]]:
         "trajectory": trajectories.to(torch.float32),
         "sound": sound_to_model(sounds.to(torch.float32)),
     }
-    ranges = {}
+    ranges, stored = {}, {}
     for name, t in x.items():
         lo, hi = (float(t.min()), float(t.max())) if n else (0.0, 0.0)
         ranges[name] = [lo, hi]
@@ -242,13 +246,22 @@ def read_split(data_dir: Path, split: str) -> tuple[Split, dict[str, Any]]:
             # The reference code scales all three into [0, 1]; other values would mean another
             # preprocessing than the published one.
             logger.warning("%s: %s values span [%g, %g], expected [0, 1]", path, name, lo, hi)
+    # Native precision: a modality narrower dtypes hold bit for bit is stored narrowed (grey
+    # images saved as k/255 -> uint8, values float16 rounds to themselves -> float16); the
+    # batches are the same float32 values either way (data/precision.py).
+    divisor = {}
+    for name in list(x):
+        stored[name], d = narrowest_exact(x.pop(name))
+        if d is not None:
+            divisor[name] = d
     info = {
         "file": str(path),
+        "stored_dtypes": {name: str(t.dtype).removeprefix("torch.") for name, t in stored.items()},
         "value_range": ranges,
         "trajectory_normalisation": _floats(traj_norm),
         "sound_normalisation": _floats(sound_norm),
     }
-    return Split(x, labels), info
+    return Split(stored, labels, divisor=divisor), info
 
 
 def sound_to_model(sounds: Tensor) -> Tensor:

@@ -16,12 +16,12 @@ of an unstable sort), the pairs are built once with a fixed seed (:data:`PAIRING
 cached as index files (``.mmvae_bench_pairs_{split}_dm{dm}.pt``: MNIST and SVHN indices, long),
 so every run and every model sees the same pairs.
 
-Memory: the splits hold the gathered pairs as float32, as every split does. With the real data
-and dm=20 that is about 1.12 million train pairs, ~3.5 GB for MNIST plus ~13.8 GB for SVHN
-(test: 200,000 pairs, ~3.1 GB); use a smaller ``dm`` on smaller machines (``load(options,
-dm=...)``; ``mmvae-bench run`` has no option for it yet and uses :data:`DM_DEFAULT`). The bytes
-are computed from the labels and checked against the available memory before any pair is built
-or cached.
+Memory: each split holds its unique MNIST and SVHN images once, as uint8 (~0.36 GB for both
+splits of the published files), and its pairs as indices into them (24 bytes a pair with the
+label: ~27 MB for the ~1.12 million train pairs at dm=20); a batch gathers its pairs and is
+converted to float32 on the device (gathering the pairs as float32 took ~20 GB at dm=20). The
+files' sizes, then the pair count from the labels, are checked against the available memory
+before anything is read or built.
 
 Sample counts follow the rule of :mod:`mmvae_bench.data.published`: an MNIST or SVHN split size
 other than :data:`EXPECTED_SAMPLES` is a problem for ``check``; ``load`` warns, goes on and
@@ -54,7 +54,7 @@ from mmvae_bench.data.download import (
     require_data_dir,
     verify_sha256,
 )
-from mmvae_bench.data.memory import is_out_of_memory, memory_guard, require_memory
+from mmvae_bench.data.memory import format_bytes, is_out_of_memory, memory_guard, require_memory
 from mmvae_bench.data.published import (
     count_problems,
     html_page_message,
@@ -96,6 +96,7 @@ MAX_PER_CLASS = 10_000
 PAIRING_SEED = 0
 # Bump when the pairing algorithm changes, so cached pairs are rebuilt.
 _PAIRING_VERSION = 1
+_PAIR_INDEX_BYTES = 3 * 8  # a pair's MNIST and SVHN rows and its label, int64
 
 _MNIST_PREFIX = {"train": "train", "test": "t10k"}
 _MNIST_MIRRORS = (
@@ -197,13 +198,14 @@ def load(
         max_per_class: most images of one label taken from each dataset.
 
     Returns:
-        A dataset with ``mnist`` (N, 1, 28, 28) and ``svhn`` (N, 3, 32, 32), float32 in [0, 1],
-        labels 0-9 (shared by both images of a pair); latent size 20; ``rescale`` weighs MNIST's
-        likelihood by 3*32*32 / (28*28), as MMVAE does.
+        A dataset with ``mnist`` (N, 1, 28, 28) and ``svhn`` (N, 3, 32, 32) batched as float32
+        in [0, 1], labels 0-9 (shared by both images of a pair); latent size 20; ``rescale``
+        weighs MNIST's likelihood by 3*32*32 / (28*28), as MMVAE does. Each split stores the
+        unique images once as uint8 and the pairs as indices (:class:`Split` ``index``).
 
     Raises:
         BenchError: no data dir, bad ``dm``, a missing or corrupt file (named, with the fetch
-            command), or not enough memory for the pairs (naming ``dm``).
+            command), or not enough memory for the images and pairs (naming ``dm``).
     """
     if dm < 1 or max_per_class < 1:
         raise BenchError(f"dm and max_per_class must be >= 1, got dm={dm}, {max_per_class=}")
@@ -221,32 +223,47 @@ def load(
         "pairing_seed": PAIRING_SEED,
     }
     hint = (
-        f"each image is used dm={dm} times: a smaller dm reduces this in proportion "
+        "free memory or use a machine with more; each image is used dm={dm} times, and a "
+        "smaller dm reduces the pair indices (24 bytes a pair) in proportion "
         "(mmvae_bench.data.mnist_svhn.load(options, dm=...); `mmvae-bench run` has no option "
         f"for dm yet and uses {DM_DEFAULT})"
-    )
-    pair_bytes = SPECS["mnist"].size + SPECS["svhn"].size  # one pair as uint8
+    ).format(dm=dm)
+    # The unique images are held once, as uint8 (about the files' sizes); reading an SVHN file
+    # copies its images once more into channels-first order.
+    mnist_raw = data_dir / "MNIST" / "raw"
+    files = [mnist_raw / f"{p}-images-idx3-ubyte" for p in _MNIST_PREFIX.values()]
+    files += [data_dir / f.name for f in SVHN_FILES.values()]  # missing ones are named below
+    sizes = [f.stat().st_size for f in files if f.is_file()]
+    require_memory(NAME, sum(sizes) + max(sizes, default=0), hint)
     with memory_guard(NAME, hint):
         sources = {s: (read_mnist(data_dir, s), read_svhn(data_dir, s)) for s in ("train", "test")}
         n_pairs = {
             s: pair_count(m[1], v[1], dm=dm, max_per_class=max_per_class)
             for s, (m, v) in sources.items()
         }
-        # Resident: both splits as float32; transient: the larger split's uint8 gather.
-        require_memory(
-            NAME, sum(n_pairs.values()) * pair_bytes * 4 + max(n_pairs.values()) * pair_bytes, hint
-        )
+        # Per pair: two long indices and a long label; building them takes a few more.
+        require_memory(NAME, sum(n_pairs.values()) * _PAIR_INDEX_BYTES * 2, hint)
         for split, ((mnist_x, mnist_y), (svhn_x, svhn_y)) in sources.items():
             idx_m, idx_s = _cached_pairs(data_dir, split, mnist_y, svhn_y, dm, max_per_class)
             n = len(idx_m)
-            gib = n * pair_bytes * 4 / 2**30
-            logger.info("MNIST-SVHN %s: %d pairs (dm=%d), %.1f GiB as float32", split, n, dm, gib)
-            # Gather as uint8 first: the float copy is then the only large allocation.
-            x = {
-                "mnist": mnist_x[idx_m].unsqueeze(1).to(torch.float32).div_(255.0),
-                "svhn": svhn_x[idx_s].to(torch.float32).div_(255.0),
-            }
-            splits[split] = Split(x, mnist_y[idx_m])
+            # Index pairs into the unique uint8 images: each image is held once, whatever dm
+            # is; a batch gathers its pairs and becomes float32 / 255 on the device.
+            x = {"mnist": mnist_x.unsqueeze(1), "svhn": svhn_x}
+            splits[split] = Split(
+                x,
+                mnist_y[idx_m],
+                divisor=dict.fromkeys(x, 255.0),
+                index={"mnist": idx_m, "svhn": idx_s},
+            )
+            logger.info(
+                "MNIST-SVHN %s: %d pairs (dm=%d) of %d MNIST and %d SVHN images, %s resident",
+                split,
+                n,
+                dm,
+                len(mnist_y),
+                len(svhn_y),
+                format_bytes(splits[split].nbytes),
+            )
             info[f"n_{split}"] = n
             info[f"unique_{split}"] = {"mnist": len(mnist_y), "svhn": len(svhn_y)}
     found = {

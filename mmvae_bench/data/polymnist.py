@@ -16,8 +16,9 @@ arrays next to the data (``MMNIST/.mmvae_bench_cache_{split}.mmvb``, the mapped 
 :mod:`mmvae_bench.data.cache`) with a fingerprint of the folder (every file's name, size and
 modification time, hashed); a changed folder is re-read. Every process on the node maps the same
 file, so concurrent runs and sweep trials share one copy of the decoded images.
-Values are given to models as float32 in [0, 1]: 47,040 bytes a tuple, ~3.3 GB for the
-60,000 train and 10,000 test tuples, checked against the available memory before decoding.
+The splits hold the tuples as uint8 (11,760 bytes a tuple, ~0.82 GB for the 60,000 train and
+10,000 test tuples, checked against the available memory before decoding); batches are given
+to models as float32 in [0, 1], converted on the device.
 
 Sample counts follow the rule of :mod:`mmvae_bench.data.published`: a tuple count other than
 :data:`EXPECTED_TUPLES` is a problem for ``check``; ``load`` warns, goes on and records the
@@ -115,8 +116,8 @@ def load(options: DataOptions) -> MultimodalDataset:
     """PolyMNIST from ``options.data_dir / "MMNIST"``.
 
     Returns:
-        A dataset with modalities ``m0``..``m4``, each (N, 3, 28, 28) float32 in [0, 1], labels
-        0-9; latent size 512, coherence-classifier floor 0.9.
+        A dataset with modalities ``m0``..``m4``, each (N, 3, 28, 28) stored as uint8 and
+        batched as float32 in [0, 1], labels 0-9; latent size 512, classifier floor 0.9.
 
     Raises:
         BenchError: no data dir, a missing folder or file (named), an unreadable PNG, or not
@@ -127,10 +128,10 @@ def load(options: DataOptions) -> MultimodalDataset:
     )
     scans = {split: _scan(data_dir, split) for split in ("train", "test")}
     n = {split: len(names) for split, (names, _) in scans.items()}
-    # Resident: both splits as float32. Transient, for the larger split: the decoded uint8
-    # array and its channels-first copy (or the cache's uint8 tensor).
+    # Resident: both splits as uint8. Transient, for the larger split: the decoded uint8
+    # array and its channels-first copy (none when the cache is mapped).
     require_memory(
-        NAME, sum(n.values()) * _TUPLE_BYTES * 4 + max(n.values()) * _TUPLE_BYTES * 2, _MEMORY_HINT
+        NAME, sum(n.values()) * _TUPLE_BYTES + max(n.values()) * _TUPLE_BYTES * 2, _MEMORY_HINT
     )
     with memory_guard(NAME, _MEMORY_HINT):
         train = _read_split(data_dir, "train", *scans["train"])
@@ -162,7 +163,7 @@ def read_split(data_dir: Path, split: str) -> Split:
     """One split: from the cache when its fingerprint matches the folder, else decoded and cached.
 
     Returns:
-        x: ``m0``..``m4`` (N, 3, 28, 28) float32 in [0, 1]; y: (N,) long; tuples ordered by
+        x: ``m0``..``m4`` (N, 3, 28, 28) uint8 (divisor 255); y: (N,) long; tuples ordered by
         (label, i).
 
     Raises:
@@ -204,8 +205,9 @@ def _read_split(data_dir: Path, split: str, names: list[str], fingerprint: str) 
         validate=validate,
     )
     images, labels = arrays["images"], arrays["labels"]
-    x = {m: images[k].to(torch.float32).div_(255.0) for k, m in enumerate(MODALITIES)}
-    return Split(x, labels)
+    # uint8 as decoded (views of the mapped cache); batches are float32 / 255 (data/spec.py).
+    x = {m: images[k] for k, m in enumerate(MODALITIES)}
+    return Split(x, labels, divisor=dict.fromkeys(MODALITIES, 255.0))
 
 
 def fetch(data_dir: Path, *, progress: bool = True) -> None:

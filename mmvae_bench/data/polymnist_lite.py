@@ -20,7 +20,8 @@ share only the label. This module applies that recipe offline:
 
 * sizes: :data:`N_TRAIN` = 10,000 train tuples and :data:`N_TEST` = 1,000 test tuples, labels
   exactly balanced (1,000 / 100 per class) and shuffled.
-* output: per modality ``(N, 3, 28, 28)`` float32 in [0, 1], modalities ``"m0"`` .. ``"m4"``.
+* output: per modality ``(N, 3, 28, 28)`` stored as uint8, batched as float32 in [0, 1]
+  (divisor 255), modalities ``"m0"`` .. ``"m4"``.
 
 Everything random comes from a ``torch.Generator`` seeded with :data:`DATASET_SEED`, never the
 run seed, so every run sees the same data. The built tensors are cached as uint8 at
@@ -220,7 +221,11 @@ def load(options: DataOptions) -> MultimodalDataset:
     """The polymnist-lite dataset, cached under ``options.cache_dir`` (the seed is unused)."""
     data = _cached(cache_path(options.cache_dir))
     splits = {
-        split: Split({m: part[m].float().div_(255.0) for m in MODALITIES}, part["y"].long())
+        split: Split(
+            {m: part[m] for m in MODALITIES},
+            part["y"].long(),
+            divisor=dict.fromkeys(MODALITIES, 255.0),  # batches are float32 in [0, 1]
+        )
         for split, part in data.items()
     }
     specs = {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -180,6 +180,16 @@ class Split:
                 stored = stored.to(device, non_blocking=True)
             out[name] = to_float(stored, self.divisor.get(name, 1.0))
         return out
+
+    def select(self, names: Iterable[str]) -> Split:
+        """The split with only the modalities ``names`` (no copy of any tensor)."""
+        keep = tuple(names)
+        return Split(
+            {k: self.x[k] for k in keep},
+            self.y,
+            {k: v for k, v in self.divisor.items() if k in keep},
+            {k: v for k, v in self.index.items() if k in keep},
+        )
 
     def subset(self, index: Tensor) -> Split:
         """The samples at ``index`` (a 1-d long tensor), as a new split.

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmvae_bench.data.spec import MultimodalDataset, iter_batches
+from mmvae_bench.data.spec import MultimodalDataset, Split, iter_batches
 from mmvae_bench.errors import BenchError
 from mmvae_bench.io import atomic_torch_save, load_tensors
 from mmvae_bench.nets import build_classifier
@@ -25,6 +25,7 @@ __all__ = [
     "dataset_fingerprint",
     "get_classifiers",
     "predict",
+    "predict_split",
     "train_classifiers",
 ]
 
@@ -80,15 +81,27 @@ def predict(net: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:
     return torch.cat(outs) if outs else torch.empty(0, dtype=torch.long, device=x.device)
 
 
+@torch.no_grad()
+def predict_split(net: nn.Module, split: Split, m: str, batch_size: int = 1000) -> Tensor:
+    """Class predictions for modality ``m`` of ``split``, batch by batch (never all as float)."""
+    net.eval()
+    one = split.select([m])
+    outs = [net(b[m]).argmax(-1) for b, _ in iter_batches(one, batch_size, shuffle=False)]
+    return torch.cat(outs) if outs else torch.empty(0, dtype=torch.long, device=split.device)
+
+
 def _train_one(
-    net: nn.Module, x: Tensor, y: Tensor, epochs: int, seed: int, batch_size: int = 128
+    net: nn.Module, split: Split, m: str, epochs: int, seed: int, batch_size: int = 128
 ) -> None:
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(seed)
+    one = split.select([m])
     net.train()
     for _ in range(epochs):
-        for batch, _ in iter_batches({"x": x, "y": y}, batch_size, shuffle=True, generator=gen):
-            loss = F.cross_entropy(net(batch["x"]), batch["y"].long())
+        for batch, extra in iter_batches(
+            one, batch_size, shuffle=True, generator=gen, extras={"y": split.y}
+        ):
+            loss = F.cross_entropy(net(batch[m]), extra["y"].long())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -118,8 +131,9 @@ def train_classifiers(
         torch.manual_seed(seed + i)
         net = build_classifier(spec, dataset.n_classes).to(device)
         t0 = time.perf_counter()
-        _train_one(net, dataset.train.x[m].to(device), dataset.train.y.to(device), epochs, seed + i)
-        pred = predict(net, dataset.test.x[m].to(device))
+        train = dataset.train.select([m]).to(device)  # native precision on the device
+        _train_one(net, train, m, epochs, seed + i)
+        pred = predict_split(net, dataset.test.select([m]).to(device), m)
         acc = balanced_accuracy(pred, dataset.test.y, dataset.n_classes)
         log.info(
             "classifier %s/%s: accuracy %.3f (%.1f s)",
@@ -170,7 +184,9 @@ def _load_one(
     acc = blob.get("accuracy")
     if acc is None:  # published weights come without our accuracy: measure it
         acc = balanced_accuracy(
-            predict(net, dataset.test.x[m].to(device)), dataset.test.y, dataset.n_classes
+            predict_split(net, dataset.test.select([m]).to(device), m),
+            dataset.test.y,
+            dataset.n_classes,
         )
     return Classifier(m, net, float(acc), str(path))
 

@@ -65,6 +65,7 @@ __all__ = [
     "load_inception_weights",
     "real_stats_path",
     "resolve_extractor",
+    "split_uint8_rgb",
     "to_uint8_rgb",
 ]
 
@@ -157,6 +158,19 @@ def to_uint8_rgb(x: Tensor, spec: ModalitySpec) -> Tensor:
     x = ((x.detach().float() - lo) / (hi - lo)).clamp(0, 1)
     x = (x * 255).round().to(torch.uint8).cpu()
     return x.expand(-1, 3, -1, -1).contiguous() if x.shape[1] == 1 else x
+
+
+def split_uint8_rgb(split: Split, spec: ModalitySpec, batch_size: int = 1024) -> Tensor:
+    """Modality ``spec.name`` of ``split`` as uint8 ``(N, 3, H, W)``: :func:`to_uint8_rgb` batch
+    by batch, so the split is never held as float (the same bytes as converting it whole)."""
+    x = split.select([spec.name])
+    parts = [
+        to_uint8_rgb(batch[spec.name], spec)
+        for batch, _ in iter_batches(x, batch_size, shuffle=False)
+    ]
+    if not parts:
+        return torch.empty(0, 3, *spec.shape[1:], dtype=torch.uint8)
+    return torch.cat(parts)
 
 
 class ImageTensorDataset(Dataset):
@@ -555,7 +569,7 @@ def _conditional(
     device: torch.device | str,
 ) -> dict[str, Tensor]:
     out: dict[str, list[Tensor]] = {m: [] for m in targets}
-    x = {m: test.x[m].to(device) for m in subset}
+    x = test.select(subset).to(device)
     for batch, _ in iter_batches(x, protocol.batch_size, shuffle=False):
         gen = model.generate(batch, subset, 1, hmc=protocol.hmc)
         for m in targets:
@@ -603,7 +617,7 @@ def fid_metrics(
     model.eval()
     n_gen = protocol.fid_samples or len(test)
     cond_test = test if n_gen >= len(test) else test.subset(torch.arange(n_gen))
-    real = {m: ImageTensorDataset(to_uint8_rgb(dataset.test.x[m], dataset.specs[m])) for m in mods}
+    real = {m: ImageTensorDataset(split_uint8_rgb(dataset.test, dataset.specs[m])) for m in mods}
     values: dict[str, dict[str, float]] = {m: {} for m in mods}
     cuda = torch.device(device).type == "cuda"
 

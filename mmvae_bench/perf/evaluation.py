@@ -66,7 +66,7 @@ def protocol_time(
     mods = model.modalities
     n_eval = n_test if protocol.test_samples is None else min(protocol.test_samples, n_test)
     batches = math.ceil(n_eval / protocol.batch_size)
-    x = {m: t[: protocol.batch_size].to(device) for m, t in dataset.test.x.items()}
+    x = dataset.test.batch(slice(0, protocol.batch_size), device)
     per_size: dict[str, Any] = {}
     cond_s = warmup_s = 0.0
     short = dataclasses.replace(protocol.hmc, steps=min(protocol.hmc.steps, 1))

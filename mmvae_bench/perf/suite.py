@@ -206,7 +206,7 @@ def _hmc(
     settings: BenchSettings, registry: Registry, device: torch.device, say: Progress
 ) -> list[dict[str, Any]]:
     model, dataset = _jnf_at_polymnist(settings, registry, device, settings.chains)
-    batch = {m: t.to(device) for m, t in dataset.test.x.items()}
+    batch = dataset.test.batch(device=device)
     mods = model.modalities
     rows = []
     reps = settings.repeats

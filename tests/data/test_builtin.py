@@ -12,6 +12,7 @@ from mmvae_bench.data import circles_squares as cs
 from mmvae_bench.data import polymnist_lite as pl
 from mmvae_bench.data.spec import DataOptions
 from mmvae_bench.io import atomic_torch_save, load_tensors
+from tests.data.batches import assert_batches_bit_identical
 
 # Keep the one-thread rule even when this file runs without the shared conftest.
 torch.set_num_threads(1)
@@ -32,15 +33,22 @@ def test_circles_shapes_values_and_balance(tmp_path: Path) -> None:
         # Exactly balanced: the generator shuffles n/2 of each label.
         assert torch.bincount(split.y, minlength=2).tolist() == [n // 2, n // 2]
         for x in split.x.values():
-            assert x.shape == (n, 1, 32, 32) and x.dtype == torch.float32
+            assert x.shape == (n, 1, 32, 32) and x.dtype == torch.uint8  # 0/1, divisor 1
             assert bool(((x == 0) | (x == 1)).all())
             # No blank images: the thinnest ring (r = 0.3) still covers grid points.
             assert bool((x.sum((1, 2, 3)) > 0).all())
 
 
+def test_circles_batches_are_the_rendered_floats() -> None:
+    splits, radii = cs.build()
+    for name, split in splits.items():
+        # the float32 0/1 images the loader used to hold, drawn again from the same radii
+        assert_batches_bit_identical(split, cs.render(radii[name], split.y.bool()))
+
+
 def test_circles_filled_have_more_foreground_than_rings(tmp_path: Path) -> None:
     ds = cs.load(DataOptions(cache_dir=tmp_path))
-    for name, x in ds.train.x.items():
+    for name, x in ds.train.batch().items():
         fg = x.mean((1, 2, 3))
         filled, ring = fg[ds.train.y == 1].mean(), fg[ds.train.y == 0].mean()
         assert filled > 1.5 * ring, (name, filled, ring)
@@ -198,9 +206,11 @@ def test_polymnist_load_caches_and_rebuilds_corrupt_cache(built, tmp_path, monke
             got = getattr(ds, split)
             assert torch.equal(got.y, data[split]["y"])
             for m in ("m0", "m4"):
-                x = got.x[m]
-                assert x.dtype == torch.float32
-                assert torch.equal((x * 255).round().to(torch.uint8), data[split][m])
+                assert got.x[m].dtype == torch.uint8
+                assert torch.equal(got.x[m], data[split][m])
+            # batches: bit-identical to the float32 tensors the loader used to hold
+            old = {m: data[split][m].float().div_(255.0) for m in pl.MODALITIES}
+            assert_batches_bit_identical(got, old)
 
     check(pl.load(DataOptions(cache_dir=tmp_path, seed=0)))
     assert calls == [pl.DATASET_SEED] and path.is_file()

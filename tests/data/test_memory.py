@@ -74,15 +74,17 @@ def test_too_little_memory_stops_before_anything_is_built(
 
 def test_mnist_svhn_bytes_scale_with_dm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _write_mnist_svhn(tmp_path)
-    monkeypatch.setattr(memory, "available_memory_bytes", lambda: 1)
     needed = {}
     for dm in (1, 4):
+        # enough for the unique images (the first check), not for the pair indices
+        answers = iter([10**12, 1])
+        monkeypatch.setattr(memory, "available_memory_bytes", lambda a=answers: next(a))
         with pytest.raises(BenchError, match=rf"each image is used dm={dm} times") as err:
             mnist_svhn.load(DataOptions(data_dir=tmp_path), dm=dm)
         needed[dm] = int(re.search(r"\((\d+) bytes\), 1 B", str(err.value)).group(1))
-    # 20 images per split, each used dm times: both splits as float32 + one split's uint8 gather
-    pair = 28 * 28 + 3 * 32 * 32
-    assert needed == {dm: dm * 20 * pair * (2 * 4 + 1) for dm in (1, 4)}
+    # 20 images per split, each used dm times: per pair two int64 indices and an int64 label,
+    # counted twice for building them; the images are held once whatever dm is
+    assert needed == {dm: 2 * dm * 20 * 3 * 8 * 2 for dm in (1, 4)}
 
 
 @pytest.mark.parametrize("name", DATASETS)

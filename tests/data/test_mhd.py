@@ -15,6 +15,7 @@ from mmvae_bench.data import mhd
 from mmvae_bench.data.download import RemoteFile, part_path
 from mmvae_bench.data.spec import DataOptions
 from mmvae_bench.errors import BenchError
+from tests.data.batches import assert_batches_bit_identical
 from tests.data.fixtures import mhd_tuple, serve_directory, write_html_page, write_mhd
 
 FETCH = "mmvae-bench data fetch mhd --data-dir"
@@ -40,13 +41,15 @@ def test_loads_published_layout(tmp_path: Path) -> None:
         assert split.x["image"].shape == (30, 1, 28, 28)
         assert split.x["trajectory"].shape == (30, 200)
         assert split.x["sound"].shape == (30, 1, 32, 128)
+        # random floats: nothing narrower holds them exactly
         assert all(t.dtype == torch.float32 for t in split.x.values())
         assert split.y.dtype == torch.long
         assert torch.equal(torch.bincount(split.y, minlength=10), torch.full((10,), 3))
     labels, images, trajectories, *_ = stored["train"]
     assert torch.equal(ds.train.y, labels)
-    assert torch.equal(ds.train.x["image"], images)
-    assert torch.equal(ds.train.x["trajectory"], trajectories)
+    batch = ds.train.batch()
+    assert torch.equal(batch["image"], images)
+    assert torch.equal(batch["trajectory"], trajectories)
     for name, spec in ds.specs.items():
         assert spec.shape == ds.train.x[name].shape[1:]
         assert spec.likelihood == "gaussian"
@@ -56,10 +59,36 @@ def test_loads_published_layout(tmp_path: Path) -> None:
     assert ds.info["files"]["train"]["trajectory_normalisation"] == {"min": -3.5, "max": 7.25}
 
 
+def test_exact_values_are_stored_narrower_and_batched_bit_identical(tmp_path: Path) -> None:
+    labels, images, trajectories, sounds, *norms = mhd_tuple(3, seed=5)
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, images.shape, generator=g).to(torch.float32).div_(255.0)
+    trajectories = trajectories.to(torch.float16).to(torch.float32)  # float16 holds these
+    torch.save((labels, images, trajectories, sounds, *norms), tmp_path / "mhd_train.pt")
+    torch.save(mhd_tuple(3, seed=6), tmp_path / "mhd_test.pt")
+    ds = _load(tmp_path)
+    stored = {m: t.dtype for m, t in ds.train.x.items()}
+    assert stored == {"image": torch.uint8, "trajectory": torch.float16, "sound": torch.float32}
+    assert ds.train.divisor == {"image": 255.0}
+    assert ds.info["files"]["train"]["stored_dtypes"] == {
+        "image": "uint8",
+        "trajectory": "float16",
+        "sound": "float32",
+    }
+    # the float32 tensors the loader used to hold
+    old = {
+        "image": images.reshape(-1, 1, 28, 28),
+        "trajectory": trajectories,
+        "sound": mhd.sound_to_model(sounds),
+    }
+    assert_batches_bit_identical(ds.train, old)
+    assert ds.train.nbytes < sum(t.numel() * 4 for t in old.values())
+
+
 def test_sound_chunks_concatenated_then_transposed(tmp_path: Path) -> None:
     stored = write_mhd(tmp_path, n_per_class=1)
     sounds = stored["train"][3]  # (N, 4, 32, 32), distinct increasing values
-    x = _load(tmp_path).train.x["sound"]  # (N, 1, 32, 128)
+    x = _load(tmp_path).train.batch()["sound"]  # (N, 1, 32, 128)
     # chunk k's row r is time step 32k + r; its column c the mel bin c
     for k in range(4):
         assert torch.equal(x[:, 0, :, 32 * k : 32 * (k + 1)], sounds[:, k].transpose(1, 2))

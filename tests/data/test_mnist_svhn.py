@@ -15,6 +15,7 @@ from mmvae_bench.data import mnist_svhn
 from mmvae_bench.data.download import RemoteFile, part_path, sha256_file
 from mmvae_bench.data.spec import DataOptions
 from mmvae_bench.errors import BenchError
+from tests.data.batches import assert_batches_bit_identical
 from tests.data.fixtures import (
     as_tensor,
     idx_bytes,
@@ -71,13 +72,20 @@ def test_loads_pairs_of_the_same_label(tmp_path: Path) -> None:
     for split_name, split in (("train", ds.train), ("test", ds.test)):
         w = written[split_name]
         assert len(split) == _expected_pairs(split_name, 3)
-        assert split.x["mnist"].shape[1:] == (1, 28, 28)
-        assert split.x["svhn"].shape[1:] == (3, 32, 32)
-        assert all(float(t.min()) >= 0 and float(t.max()) <= 1 for t in split.x.values())
+        # the unique images, once each as uint8; the pairs are indices into them
+        assert split.x["mnist"].shape == (len(w["mnist_y"]), 1, 28, 28)
+        assert split.x["svhn"].shape == (len(w["svhn_y"]), 3, 32, 32)
+        assert all(t.dtype == torch.uint8 for t in split.x.values())
+        assert split.divisor == {"mnist": 255.0, "svhn": 255.0}
         # every pair is (MNIST image, SVHN image) of the split's label; pixels identify images
         idx = torch.load(mnist_svhn.pairs_path(tmp_path, split_name, 3), weights_only=True)
-        assert torch.equal(split.x["mnist"][:, 0], as_tensor(w["mnist"])[idx["mnist"]] / 255)
-        assert torch.equal(split.x["svhn"], as_tensor(w["svhn"])[idx["svhn"]] / 255)
+        assert all(torch.equal(split.index[m], idx[m]) for m in ("mnist", "svhn"))
+        # batches are bit-identical to the float32 pairs the loader used to gather
+        old = {
+            "mnist": as_tensor(w["mnist"])[idx["mnist"]].unsqueeze(1).to(torch.float32).div_(255.0),
+            "svhn": as_tensor(w["svhn"])[idx["svhn"]].to(torch.float32).div_(255.0),
+        }
+        assert_batches_bit_identical(split, old)
         assert torch.equal(split.y, w["mnist_y"][idx["mnist"]])
         assert torch.equal(split.y, w["svhn_y"][idx["svhn"]])
         # each image used exactly dm times (no label here has more than max_per_class images)
@@ -123,12 +131,12 @@ def test_pairs_are_cached_and_rebuilt_identically(
 
     monkeypatch.setattr(mnist_svhn, "build_pairs", no_build)
     again = _load(tmp_path, dm=2)
-    assert torch.equal(first.train.x["svhn"], again.train.x["svhn"])
+    assert torch.equal(first.train.index["svhn"], again.train.index["svhn"])
     monkeypatch.setattr(mnist_svhn, "build_pairs", real_build)
     cache.unlink()
     rebuilt = _load(tmp_path, dm=2)
     assert torch.equal(first.train.y, rebuilt.train.y)
-    assert torch.equal(first.train.x["mnist"], rebuilt.train.x["mnist"])
+    assert torch.equal(first.train.index["mnist"], rebuilt.train.index["mnist"])
     # another dm is another cache file; max_per_class changes the fingerprint
     assert len(_load(tmp_path, dm=1).train) == _expected_pairs("train", 1)
     assert len(_load(tmp_path, dm=2, max_per_class=1).train) == _expected_pairs("train", 2, cap=1)

@@ -14,6 +14,7 @@ from mmvae_bench.data import polymnist
 from mmvae_bench.data.download import RemoteFile
 from mmvae_bench.data.spec import DataOptions
 from mmvae_bench.errors import BenchError
+from tests.data.batches import assert_batches_bit_identical
 from tests.data.fixtures import (
     as_tensor,
     serve_directory,
@@ -39,12 +40,18 @@ def test_loads_published_layout(tmp_path: Path) -> None:
         assert len(split) == 30
         assert torch.equal(split.y, as_tensor(labels).long())
         for k, m in enumerate(ds.modalities):
-            x = split.x[m]
-            assert x.shape == (30, 3, 28, 28) and x.dtype == torch.float32
-            assert torch.equal(x, as_tensor(images[k]).float() / 255)
+            x = split.x[m]  # stored as decoded: uint8
+            assert x.shape == (30, 3, 28, 28) and x.dtype == torch.uint8
+            assert torch.equal(x, as_tensor(images[k]))
             # a tuple is the same file name in every modality: pixel [0, 0] is (k, label, i)
-            assert torch.equal((x[:, :, 0, 0] * 255).round().long()[:, 1], split.y)
-            assert torch.equal((x[:, 0, 0, 0] * 255).round().long(), torch.full((30,), k))
+            assert torch.equal(x[:, :, 0, 0].long()[:, 1], split.y)
+            assert torch.equal(x[:, 0, 0, 0].long(), torch.full((30,), k))
+        # batches: bit-identical to the float32 tensors the loader used to hold
+        old = {
+            m: as_tensor(images[k]).to(torch.float32).div_(255.0)
+            for k, m in enumerate(polymnist.MODALITIES)
+        }
+        assert_batches_bit_identical(split, old)
     for spec in ds.specs.values():
         assert spec.shape == (3, 28, 28) and spec.likelihood == "laplace" and spec.scale == 0.75
         assert spec.fid and spec.kind == "image"
@@ -79,7 +86,7 @@ def test_changed_folder_is_read_again(tmp_path: Path) -> None:
     os.utime(path, ns=(1, 1))
     ds = _load(tmp_path)
     j = 3 * 4  # label 4, i 0 in (label, i) order
-    assert torch.equal(ds.train.x["m3"][j], torch.full((3, 28, 28), 7 / 255))
+    assert torch.equal(ds.train.x["m3"][j], torch.full((3, 28, 28), 7, dtype=torch.uint8))
 
 
 def test_corrupt_cache_is_ignored(tmp_path: Path) -> None:
@@ -228,7 +235,7 @@ def test_fetch_unpacks_mmnist_from_the_archive(
         polymnist.fetch(data, progress=False)
         assert len(srv.requests) == 1
         ds = _load(data)
-        assert torch.equal(ds.test.x["m2"], as_tensor(written["test"][0][2]).float() / 255)
+        assert torch.equal(ds.test.batch()["m2"], as_tensor(written["test"][0][2]).float() / 255)
         assert (data / "clf" / "weights.pth").read_bytes() == b"w"
         assert not (data / "PolyMNIST.zip").exists()
         assert not list(data.glob(".polymnist-*"))

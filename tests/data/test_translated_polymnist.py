@@ -17,6 +17,7 @@ from mmvae_bench.data import mnist_svhn, polymnist
 from mmvae_bench.data import translated_polymnist as tp
 from mmvae_bench.data.spec import DataOptions
 from mmvae_bench.errors import BenchError
+from tests.data.batches import assert_batches_bit_identical
 from tests.data.fixtures import write_html_page, write_mnist
 
 FETCH = "mmvae-bench data fetch translated-polymnist --data-dir"
@@ -53,9 +54,12 @@ def test_loads_tuples_sharing_only_the_label(tmp_path: Path) -> None:
         assert len(part) == len(labels)
         assert torch.equal(part.y, torch.from_numpy(np.sort(labels)).long())  # (label, i) order
         for m in ds.modalities:
-            x = part.x[m]
-            assert x.shape == (len(labels), 3, 28, 28) and x.dtype == torch.float32
-            assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+            x = part.x[m]  # stored as built: uint8
+            assert x.shape == (len(labels), 3, 28, 28) and x.dtype == torch.uint8
+        # batches: bit-identical to the float32 tensors the loader used to hold
+        assert_batches_bit_identical(
+            part, {m: part.x[m].to(torch.float32).div_(255.0) for m in ds.modalities}
+        )
     assert ds.info["scale"] == 0.75 and ds.info["backgrounds"] == [f"bg{k}.jpg" for k in range(5)]
 
 
