@@ -6,6 +6,7 @@ anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -78,6 +79,20 @@ ClassifierWeightsOpt = Annotated[
     typer.Option(
         help="Folder of coherence-classifier weights <modality>.pt (published or your own), "
         "used instead of the cached classifiers."
+    ),
+]
+TrackerOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Track the run in mlflow or tensorboard (the tracking extra: "
+        "pip install 'mmvae-bench[tracking]')."
+    ),
+]
+TrackingUriOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="MLflow tracking URI (e.g. http://127.0.0.1:5000); default: a SQLite store "
+        "<out>/mlflow.db with artifacts in <out>/mlartifacts."
     ),
 ]
 SAMPLER_HELP = (
@@ -234,30 +249,13 @@ def run(
         ),
     ] = False,
     plugin: PluginOpt = None,
-    preset: Annotated[
-        str | None,
-        typer.Option(
-            help="paper: the published runs' architecture and training (PolyMNIST; --set "
-            "overrides a field)."
-        ),
-    ] = None,
-    validation: Annotated[
-        float | None,
-        typer.Option(help="Fraction of the training split held out (default: preset's, or 0)."),
-    ] = None,
-    lr_patience: Annotated[
-        int | None,
-        typer.Option(help="ReduceLROnPlateau patience in epochs (default: preset's, or none)."),
-    ] = None,
-    keep_best: Annotated[
-        bool | None,
-        typer.Option(
-            help="End each stage with its best-validation parameters (default: preset's)."
-        ),
-    ] = None,
+    tracker: TrackerOpt = None,
+    tracking_uri: TrackingUriOpt = None,
 ) -> None:
     """Train a model, evaluate it, and write runs/<run-id>/results.json."""
+    from mmvae_bench.runner import default_run_id
     from mmvae_bench.runner import run as run_model
+    from mmvae_bench.tracking import RunTracking, tracking_config
 
     if overwrite and resume:
         raise BenchError("--overwrite and --resume exclude each other")
@@ -267,6 +265,7 @@ def run(
     entry = registry.model(model)
     registry.dataset(dataset)
     overrides = parse_assignments(set_ or [], entry.config)
+    tracking = tracking_config(tracker, tracking_uri)
     cfg = RunConfig(
         model=model,
         dataset=dataset,
@@ -288,19 +287,22 @@ def run(
         inception_weights=inception_weights,
         run_id=run_id,
         plugins=tuple(plugin or ()),
-        preset=preset,
-        validation=validation,
-        lr_patience=lr_patience,
-        keep_best=keep_best,
+        tracker=tracking.kind if tracking else None,
     )
-    record = run_model(
-        cfg,
-        registry,
-        mode="overwrite" if overwrite else "resume" if resume else "new",
-        progress=True,
-        status=say,
-        command=command_line(ctx),
-    )
+    if tracking is not None and cfg.run_id is None:
+        # The tracked run is named by the run id: fix it before the run starts.
+        cfg = dataclasses.replace(cfg, run_id=default_run_id(cfg))
+    with RunTracking(tracking, Path(out) / (cfg.run_id or "-")) as track:
+        record = run_model(
+            cfg,
+            registry,
+            mode="overwrite" if overwrite else "resume" if resume else "new",
+            progress=True,
+            status=say,
+            on_epoch=track.epoch,
+            command=command_line(ctx),
+        )
+        track.finished(record)
     print_record(record, Path(out) / record.run_id)
 
 
@@ -429,6 +431,8 @@ def evaluate(
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = DEFAULT_THREADS,
     plugin: PluginOpt = None,
+    tracker: TrackerOpt = None,
+    tracking_uri: TrackingUriOpt = None,
 ) -> None:
     """Re-evaluate a saved run from its checkpoint and update its record atomically.
 
@@ -440,23 +444,27 @@ def evaluate(
     """
     from mmvae_bench.runner import evaluate_run, fid_settings, resolve_device
     from mmvae_bench.threads import set_torch_threads
+    from mmvae_bench.tracking import RunTracking, tracking_config
 
     set_torch_threads(threads)
     if sampler is not None:
         sampler = coerce_value("--sampler", sampler, SamplerKind)
     settings = fid_settings(fid_choice(fid, fid_extractor, inception_weights), inception_weights)
-    record = evaluate_run(
-        run_dir,
-        _registry(plugin),
-        protocol=protocol_choice(quick, protocol) if quick or protocol else None,
-        fid=settings,
-        classifier_weights=classifier_weights,
-        sampler=sampler,
-        refit_sampler=refit_sampler,
-        device=resolve_device(device),
-        threads=threads,
-        status=say,
-    )
+    tracking = tracking_config(tracker, tracking_uri)
+    with RunTracking(tracking, Path(run_dir), kind="evaluate") as track:
+        record = evaluate_run(
+            run_dir,
+            _registry(plugin),
+            protocol=protocol_choice(quick, protocol) if quick or protocol else None,
+            fid=settings,
+            classifier_weights=classifier_weights,
+            sampler=sampler,
+            refit_sampler=refit_sampler,
+            device=resolve_device(device),
+            threads=threads,
+            status=say,
+        )
+        track.finished(record)
     print_record(record, Path(run_dir))
 
 
@@ -620,6 +628,13 @@ def sweep(
         typer.Option(help="Folder of coherence-classifier weights <modality>.pt for every trial."),
     ] = None,
     plugin: PluginOpt = None,
+    tracker: Annotated[
+        str | None,
+        typer.Option(
+            help="Track the sweep (a parent run) and each trial in mlflow or tensorboard."
+        ),
+    ] = None,
+    tracking_uri: TrackingUriOpt = None,
 ) -> None:
     """Sweep a grid of configs x seeds on Ray Tune; each trial is an ordinary run."""
     from mmvae_bench import sweep as sweeps

@@ -20,6 +20,7 @@ __all__ = [
     "MAX_SEED",
     "ProtocolName",
     "RunConfig",
+    "TrackerKind",
     "coerce_value",
     "config_fields",
     "fid_extractor",
@@ -33,6 +34,7 @@ Precision = Literal["no", "bf16", "fp16"]
 SamplerKind = Literal["prior", "gmm", "flow"]  # latent samplers, see mmvae_bench.samplers
 FIDKind = Literal["classifier", "inception"]  # FID feature extractors, see eval/fid.py
 ProtocolName = Literal["full", "quick"]  # evaluation protocols, see eval/protocol.py
+TrackerKind = Literal["mlflow", "tensorboard"]  # experiment trackers, see tracking.py
 DEFAULT_CACHE_DIR = Path(".cache/mmvae-bench")  # built-in datasets, classifiers, FID statistics
 # Seeds reach torch, NumPy and scikit-learn; the last two take 0 <= seed < 2**32.
 MAX_SEED = 2**32 - 1
@@ -68,15 +70,8 @@ class RunConfig:
         run_id: fixed run id (default: model-dataset-seed-timestamp), a single safe path
             component (letters, digits, ``. _ + = -``).
         plugins: ``--plugin`` files the run loads (recorded with their sha256).
-        preset: a named preset (``paper``: the published runs' architecture and training,
-            :mod:`mmvae_bench.presets`); None: the plugin's defaults for the dataset.
-        validation: fraction of the training split held out for validation (0 <= v < 1);
-            None: the preset's, else 0 (none).
-        validation_seed: seed of the held-out draw (independent of ``seed``).
-        lr_patience: ReduceLROnPlateau patience on the validation loss (the training loss
-            without a split); None: the preset's, else no schedule.
-        keep_best: end each stage with its lowest-validation-loss parameters; None: the
-            preset's, else off. Needs a validation split.
+        tracker: the experiment tracker the run reports to (``mlflow``, ``tensorboard``;
+            :mod:`mmvae_bench.tracking`), None: none. Recorded; the tracking URI is not.
     """
 
     model: str
@@ -99,11 +94,7 @@ class RunConfig:
     inception_weights: Path | None = None
     run_id: str | None = None
     plugins: tuple[Path, ...] = ()
-    preset: str | None = None
-    validation: float | None = None
-    validation_seed: int = 42
-    lr_patience: int | None = None
-    keep_best: bool | None = None
+    tracker: TrackerKind | None = None
 
     def __post_init__(self) -> None:
         for name in ("model", "dataset", "device", "protocol", "precision"):
@@ -130,15 +121,13 @@ class RunConfig:
             raise BenchError(
                 f"fid must be one of {list(typing.get_args(FIDKind))} or None, got {self.fid!r}"
             )
+        if self.tracker is not None:
+            coerce_value("tracker", self.tracker, TrackerKind)
         if self.inception_weights is not None and self.fid != "inception":
             raise BenchError("inception_weights is only used with fid='inception'")
         for stage, n in self.epochs.items():
             if n < 0:
                 raise BenchError(f"epochs for stage '{stage}' must be >= 0, got {n}")
-        if self.validation is not None and not 0.0 <= self.validation < 1.0:
-            raise BenchError(f"validation must be in [0, 1), got {self.validation}")
-        if self.lr_patience is not None and self.lr_patience < 0:
-            raise BenchError(f"lr_patience must be >= 0, got {self.lr_patience}")
 
 
 def fid_extractor(

@@ -38,6 +38,7 @@ from mmvae_bench.io import atomic_write, check_output_folder
 from mmvae_bench.names import check_name
 from mmvae_bench.plugins import Registry
 from mmvae_bench.results import RunRecord, jsonable
+from mmvae_bench.tracking import TrackingConfig, tracking_config
 
 __all__ = [
     "COND_1",
@@ -95,6 +96,8 @@ SWEEP_KEYS = (
     "resume",
     "max_concurrent",
     "heatmap",
+    "tracker",
+    "tracking_uri",
 )
 COND_1 = "cond_coherence_1"  # the sweep's headline metric: mean one-input coherence
 _LABELS = {COND_1: "conditional coherence from one modality", "joint_coherence": "joint coherence"}
@@ -121,6 +124,8 @@ class SweepConfig:
         max_concurrent: at most this many trials at once (None: as resources allow).
         resume: continue the interrupted sweep ``<storage>/<name>``.
         heatmap: the two grid axes of the heat map (x, y); None picks the first two axes.
+        tracking_uri: MLflow tracking URI for ``run.tracker == "mlflow"`` (None: the SQLite
+            store in ``run.out``); see :mod:`mmvae_bench.tracking`.
     """
 
     run: RunConfig
@@ -136,6 +141,7 @@ class SweepConfig:
     max_concurrent: int | None = None
     resume: bool = False
     heatmap: tuple[str, str] | None = None
+    tracking_uri: str | None = None
 
     def __post_init__(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -169,6 +175,17 @@ class SweepConfig:
                     f"heatmap takes two distinct grid axes ({', '.join(self.grid) or 'none'}), "
                     f"got {list(self.heatmap)}"
                 )
+        if self.tracking_uri is not None and self.run.tracker is None:
+            raise BenchError("tracking_uri needs tracker = mlflow")
+        if self.run.tracker is not None:  # the URI fits the tracker
+            TrackingConfig(kind=self.run.tracker, uri=self.tracking_uri)
+
+    @property
+    def tracking(self) -> TrackingConfig | None:
+        """Where the sweep and its trials are tracked (None: not tracked)."""
+        if self.run.tracker is None:
+            return None
+        return TrackingConfig(kind=self.run.tracker, uri=self.tracking_uri)
 
     @property
     def path(self) -> Path:
@@ -317,6 +334,8 @@ def sweep_config(values: Mapping[str, Any], registry: Registry) -> SweepConfig:
         except BenchError as e:
             raise BenchError(f"grid point {point}: {e}") from None
 
+    # The tracker's package is imported now: a missing one fails before Ray.
+    tracking = tracking_config(values.get("tracker"), values.get("tracking_uri"))
     run = RunConfig(
         model=model,
         dataset=dataset,
@@ -335,6 +354,7 @@ def sweep_config(values: Mapping[str, Any], registry: Registry) -> SweepConfig:
         inception_weights=_path_or_none(values, "inception_weights"),
         classifier_weights=_path_or_none(values, "classifier_weights"),
         plugins=tuple(_abs(p) for p in values.get("plugins", ())),
+        tracker=tracking.kind if tracking else None,
     )
     P.get_protocol(run.protocol)
     if run.fid == "inception":
@@ -372,6 +392,7 @@ def sweep_config(values: Mapping[str, Any], registry: Registry) -> SweepConfig:
         heatmap=(
             tuple(GRID_ALIASES.get(a.strip(), a.strip()) for a in heatmap) if heatmap else None
         ),
+        tracking_uri=tracking.uri if tracking else None,
     )
 
 

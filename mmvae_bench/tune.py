@@ -58,6 +58,7 @@ from mmvae_bench.sweep import (
     trial_slug,
     write_heatmap,
 )
+from mmvae_bench.tracking import RunTracking, SweepTracking, TrackingConfig
 
 __all__ = ["LOOPBACK", "MARKER", "check_address", "init_ray", "ray_session", "run_sweep"]
 
@@ -251,11 +252,18 @@ class _Reporter:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 
-def _trial(config: dict[str, Any], plan: dict[str, Any]) -> None:
+def _trial(
+    config: dict[str, Any],
+    plan: dict[str, Any],
+    tracking: TrackingConfig | None = None,
+    parent: str | None = None,
+) -> None:
     """One Tune trial: an ordinary :func:`mmvae_bench.runner.run`, reported to Tune.
 
     ``config`` holds the grid point (``params``) and ``seed``; ``plan`` is the sweep's
     :func:`sweep_definition`, passed once through Ray's object store (``tune.with_parameters``).
+    With ``tracking``, the run is tracked as ``run`` tracks it, a child of the sweep's MLflow
+    run ``parent`` (see :mod:`mmvae_bench.tracking` for why not Tune's MLflow callback).
     """
     from mmvae_bench.runner import run
 
@@ -265,12 +273,20 @@ def _trial(config: dict[str, Any], plan: dict[str, Any]) -> None:
         final = {"run_status": "ok", "run_id": cfg.run_id, "reused": True}
         tune.report({**final, **main_metrics(done)})
         return
-    reporter = _Reporter(Path(cfg.out) / str(cfg.run_id))
+    run_dir = Path(cfg.out) / str(cfg.run_id)
+    reporter = _Reporter(run_dir)
     registry = load_registry(tuple(Path(p) for p in plan["plugins"]))
     # A trial Tune restarts continues its run from the last finished stage (same settings, or
     # the trial fails naming what differs); a new trial claims a new folder.
     mode = "resume" if trial_record(cfg) is not None else "new"
-    record = run(cfg, registry, mode=mode, progress=False, on_epoch=reporter.epoch)
+    with RunTracking(tracking, run_dir, kind="trial", parent=parent) as track:
+
+        def on_epoch(stage: str, epoch: int, metrics: dict[str, float]) -> None:
+            track.epoch(stage, epoch, metrics)
+            reporter.epoch(stage, epoch, metrics)
+
+        record = run(cfg, registry, mode=mode, progress=False, on_epoch=on_epoch)
+        track.finished(record)
     final = {"run_status": record.status, "run_id": cfg.run_id, "reused": False}
     reporter.report({**final, **main_metrics(record)}, checkpoint=True)
 
@@ -377,9 +393,34 @@ def run_sweep(
         _claim_folder(cfg)
     if cfg.run.evaluate:
         _prepare_classifiers(cfg, say)
+    # The sweep's tracked run, the parent of its trials', exists before any trial starts.
+    tracking = SweepTracking(cfg.tracking, cfg) if cfg.tracking else None
+    parent = tracking.start() if tracking else None
+    try:
+        results = _fit(cfg, definition, parent, say, verbose)
+    except BaseException as e:
+        if tracking:
+            tracking.failed(e)
+        raise
+    summary = _summarize(cfg, results, time.perf_counter() - t0)
+    atomic_write_json(path / "sweep.json", {**summary.as_record(), "definition": definition})
+    if tracking:
+        tracking.finished(summary)
+    return summary
+
+
+def _fit(
+    cfg: SweepConfig,
+    definition: dict[str, Any],
+    parent: str | None,
+    say: Callable[[str], None],
+    verbose: int,
+) -> Any:
+    """Run the trials on Ray Tune (a new sweep, or the rest of a resumed one)."""
+    path = cfg.path
     with ray_session(cfg.address, cpus=cfg.cpus):
         trainable = tune.with_resources(
-            tune.with_parameters(_trial, plan=definition),
+            tune.with_parameters(_trial, plan=definition, tracking=cfg.tracking, parent=parent),
             {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial},
         )
         if cfg.resume:
@@ -419,10 +460,7 @@ def run_sweep(
                     failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
                 ),
             )
-        results = tuner.fit()
-    summary = _summarize(cfg, results, time.perf_counter() - t0)
-    atomic_write_json(path / "sweep.json", {**summary.as_record(), "definition": definition})
-    return summary
+        return tuner.fit()
 
 
 # ---------------------------------------------------------------------------------------------
