@@ -251,6 +251,27 @@ def run(
     plugin: PluginOpt = None,
     tracker: TrackerOpt = None,
     tracking_uri: TrackingUriOpt = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="paper: the published runs' architecture and training (PolyMNIST; --set "
+            "overrides a field)."
+        ),
+    ] = None,
+    validation: Annotated[
+        float | None,
+        typer.Option(help="Fraction of the training split held out (default: preset's, or 0)."),
+    ] = None,
+    lr_patience: Annotated[
+        int | None,
+        typer.Option(help="ReduceLROnPlateau patience in epochs (default: preset's, or none)."),
+    ] = None,
+    keep_best: Annotated[
+        bool | None,
+        typer.Option(
+            help="End each stage with its best-validation parameters (default: preset's)."
+        ),
+    ] = None,
 ) -> None:
     """Train a model, evaluate it, and write runs/<run-id>/results.json."""
     from mmvae_bench.runner import default_run_id
@@ -288,6 +309,10 @@ def run(
         run_id=run_id,
         plugins=tuple(plugin or ()),
         tracker=tracking.kind if tracking else None,
+        preset=preset,
+        validation=validation,
+        lr_patience=lr_patience,
+        keep_best=keep_best,
     )
     if tracking is not None and cfg.run_id is None:
         # The tracked run is named by the run id: fix it before the run starts.

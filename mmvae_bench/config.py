@@ -72,6 +72,15 @@ class RunConfig:
         plugins: ``--plugin`` files the run loads (recorded with their sha256).
         tracker: the experiment tracker the run reports to (``mlflow``, ``tensorboard``;
             :mod:`mmvae_bench.tracking`), None: none. Recorded; the tracking URI is not.
+        preset: a named preset (``paper``: the published runs' architecture and training,
+            :mod:`mmvae_bench.presets`); None: the plugin's defaults for the dataset.
+        validation: fraction of the training split held out for validation (0 <= v < 1);
+            None: the preset's, else 0 (none).
+        validation_seed: seed of the held-out draw (independent of ``seed``).
+        lr_patience: ReduceLROnPlateau patience on the validation loss (the training loss
+            without a split); None: the preset's, else no schedule.
+        keep_best: end each stage with its lowest-validation-loss parameters; None: the
+            preset's, else off. Needs a validation split.
     """
 
     model: str
@@ -95,6 +104,11 @@ class RunConfig:
     run_id: str | None = None
     plugins: tuple[Path, ...] = ()
     tracker: TrackerKind | None = None
+    preset: str | None = None
+    validation: float | None = None
+    validation_seed: int = 42
+    lr_patience: int | None = None
+    keep_best: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("model", "dataset", "device", "protocol", "precision"):
@@ -128,6 +142,10 @@ class RunConfig:
         for stage, n in self.epochs.items():
             if n < 0:
                 raise BenchError(f"epochs for stage '{stage}' must be >= 0, got {n}")
+        if self.validation is not None and not 0.0 <= self.validation < 1.0:
+            raise BenchError(f"validation must be in [0, 1), got {self.validation}")
+        if self.lr_patience is not None and self.lr_patience < 0:
+            raise BenchError(f"lr_patience must be >= 0, got {self.lr_patience}")
 
 
 def fid_extractor(
