@@ -1,0 +1,36 @@
+"""Cross-checks against MultiVae (the ``reference`` extra, installed by ``make install``).
+
+Every test here is marked ``reference`` (deselect with ``-m "not reference"``). Each module
+starts with ``pytest.importorskip("multivae", reason=REASON)``, so without the extra the
+modules are skipped with that reason shown (``-ra``), never silently. After the run, the
+maximum relative differences measured are printed as a table.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+REASON = "multivae is not installed: pip install -e '.[reference]' (make install does)"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if HERE in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.reference)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    if importlib.util.find_spec("multivae") is None:
+        return
+    from tests.reference.shared import MEASURED
+
+    if not MEASURED:
+        return
+    terminalreporter.section("cross-checks against MultiVae: max relative difference")
+    for model, quantities in sorted(MEASURED.items()):
+        for quantity, value in quantities.items():
+            terminalreporter.write_line(f"{model:8s} {quantity:52s} {value:.1e}")
