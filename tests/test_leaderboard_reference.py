@@ -3,6 +3,7 @@ and the match / flag rules on generated records (Markdown, JSON and HTML)."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 from pathlib import Path
@@ -248,3 +249,49 @@ def test_cli_build_takes_references_and_a_bad_file_is_exit_2(tmp_path: Path) -> 
     assert result.exit_code == 2
     assert "entries[1].values.coherence/1.mean is None" in result.output
     assert "Traceback" not in result.output
+
+
+# -- the published rows in a real browser ------------------------------------------------------
+ROWS = (
+    "[...document.querySelectorAll('table[data-protocol=\"full-1\"] tbody tr')]"
+    ".map(r => r.dataset.ref ? 'ref:' + r.dataset.ref : r.dataset.row.split('-')[0])"
+)
+
+
+@pytest.mark.slow  # Chromium's start: 3-6 s on the 2-core machine
+def test_published_rows_in_headless_chromium(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_leaderboard_html import _chromium, _DevTools
+
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("no Chromium found (apt-get install chromium; .ci/run installs it)")
+    runs, out = _runs(tmp_path), tmp_path / "lb"
+    _file(out / REFERENCE_FILE, REFERENCES)
+    build_leaderboards(runs, out)
+    url = (out / "toy.html").as_uri()
+    browser = _DevTools(exe, tmp_path / "profile")
+    try:
+        browser.open(url)
+        assert browser.js("document.documentElement.dataset.ready") == "1", browser.errors()
+        # Ranked: ours first, the published rows after them (no rank).
+        assert browser.js(ROWS) == ["jnf", "mvae", "ref:jnf-toy", "ref:mvae-toy"]
+        # Sorted by coherence |S|=1, best first: the published figures take their place.
+        browser.click('table[data-protocol="full-1"] th[data-key="coherence/1"] button')
+        assert browser.js(ROWS) == ["jnf", "ref:mvae-toy", "mvae", "ref:jnf-toy"]
+        flagged = "document.querySelector('tr[data-row^=\"jnf-\"] td:nth-child(5)').textContent"
+        assert browser.js(flagged).endswith("⚠")
+        assert browser.js("document.getElementById('f-count').textContent") == "4 of 4 rows shown"
+        browser.js("window.scrollTo(0, 0)")
+        shot = base64.b64decode(
+            browser.call("Page.captureScreenshot", session=True, format="png")["data"]
+        )
+        errors = browser.errors()
+    finally:
+        browser.close()
+    path = tmp_path / "references.png"
+    path.write_bytes(shot)
+    with capsys.disabled():
+        print(f"\npublished rows screenshot: {path}")
+    assert errors == []
