@@ -22,8 +22,11 @@ reported by ``check``.
 
 Sample counts follow the rule of :mod:`mmvae_bench.data.published`: a split size other than
 :data:`EXPECTED_SAMPLES` is a problem for ``check``; ``load`` warns, goes on and records the
-counts in ``info["sample_counts"]``. Memory: both files are loaded whole (about their size, plus
-a copy of the sounds in the model layout); that is checked against the available memory first.
+counts in ``info["sample_counts"]``. Memory: a file is loaded whole once (about its size, plus
+a copy of the sounds in the model layout; checked against the available memory first), checked,
+and its tensors cached beside it (``.mmvae_bench_cache_{split}.mmvb``, the mapped format of
+:mod:`mmvae_bench.data.cache`, keyed by the file's size and modification time); later loads and
+every other process on the node map that cache, sharing one copy.
 
 Reference: M. Vasco, H. Yin, F. S. Melo, A. Paiva, "Leveraging hierarchy in multimodal generative
 models for effective cross-modality inference", Neural Networks 146 (2022), arXiv 2021.
@@ -41,6 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mmvae_bench.data.cache import cached_arrays, file_fingerprint
 from mmvae_bench.data.download import (
     RemoteFile,
     fetch_command,
@@ -65,6 +69,7 @@ __all__ = [
     "NAME",
     "NUMPY_SAFE_GLOBALS",
     "SPECS",
+    "cache_path",
     "check",
     "fetch",
     "load",
@@ -96,6 +101,9 @@ FILES: dict[str, RemoteFile] = {
 
 # Split sizes as stated in the paper: `check` reports another count, `load` warns and records it.
 EXPECTED_SAMPLES = {"train": 50_000, "test": 10_000}
+# Bump when the cached content changes (the checks, the layout, the dtype rule), so old caches
+# are rebuilt.
+_CACHE_VERSION = 1
 
 _FORMAT = "a torch file of MHD's 6-tuple"
 # No option loads part of MHD: both files are read whole.
@@ -230,6 +238,31 @@ def read_split(data_dir: Path, split: str) -> tuple[Split, dict[str, Any]]:
     """
     path = Path(data_dir) / FILES[split].name
     fix = f"run `{fetch_command(NAME, data_dir)}`"
+    if not path.is_file():
+        _load_file(path, fix)  # names the missing file and the fetch command
+
+    def decode() -> tuple[dict[str, Tensor], dict[str, Any]]:
+        return _decode(path, fix)
+
+    # One decoded copy per node: every process maps the same cache file (data/cache.py).
+    arrays, meta = cached_arrays(
+        cache_path(data_dir, split),
+        {"dataset": NAME, "version": _CACHE_VERSION, "files": file_fingerprint([path])},
+        decode,
+        what=f"MHD {split} cache",
+        validate=_cache_problem,
+    )
+    labels = arrays.pop("labels")
+    return Split(arrays, labels, divisor=dict(meta["divisor"])), dict(meta["info"])
+
+
+def cache_path(data_dir: Path, split: str) -> Path:
+    """Where the checked, model-layout tensors of ``split`` are cached (beside the file)."""
+    return Path(data_dir) / f".mmvae_bench_cache_{split}.mmvb"
+
+
+def _decode(path: Path, fix: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The split file read, checked and converted: stored tensors + labels, and meta."""
     raw = _load_file(path, fix)
     labels, images, trajectories, sounds, traj_norm, sound_norm = _check_tuple(raw, path, fix)
     n = len(labels)
@@ -261,7 +294,26 @@ def read_split(data_dir: Path, split: str) -> tuple[Split, dict[str, Any]]:
         "trajectory_normalisation": _floats(traj_norm),
         "sound_normalisation": _floats(sound_norm),
     }
-    return Split(stored, labels, divisor=divisor), info
+    meta = {"divisor": divisor, "info": info}
+    return {**stored, "labels": labels}, meta
+
+
+def _cache_problem(arrays: dict[str, Tensor], meta: dict[str, Any]) -> str | None:
+    """What makes a mapped MHD cache unusable (None: nothing)."""
+    labels = arrays.get("labels")
+    if labels is None or labels.dtype != torch.long or labels.ndim != 1:
+        return "no (N,) long labels"
+    n = len(labels)
+    shapes = {"image": (n, 1, 28, 28), "trajectory": (n, 200), "sound": (n, 1, 32, 128)}
+    for name, shape in shapes.items():
+        t = arrays.get(name)
+        if t is None or tuple(t.shape) != shape:
+            return f"{name} is not {shape}"
+        if t.dtype == torch.uint8 and name not in meta.get("divisor", {}):
+            return f"uint8 {name} without a divisor"
+    if not isinstance(meta.get("info"), dict):
+        return "no provenance"
+    return None
 
 
 def sound_to_model(sounds: Tensor) -> Tensor:

@@ -324,3 +324,53 @@ def test_concurrent_processes_decode_once(tmp_path: Path) -> None:
     assert [p.exitcode for p in procs] == [0, 0, 0]
     assert log.read_text() == "built\n"  # one process decoded; the others waited and mapped
     assert sorted(q.name for q in tmp_path.iterdir()) == ["builds.log", "c.mmvb", "c.mmvb.lock"]
+
+
+# -- the loaders that cache through it ----------------------------------------------------------
+def _loads_without_decoding(monkeypatch: pytest.MonkeyPatch, module, name: str, load):
+    """Load once (decoding), then again with ``module.name`` broken: the cache must serve."""
+    first = load()
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError(f"{module.__name__}.{name} called although the cache is current")
+
+    with monkeypatch.context() as m:
+        m.setattr(module, name, no_decoding)
+        second = load()
+    for a, b in ((first.train, second.train), (first.test, second.test)):
+        assert torch.equal(a.y, b.y) and a.divisor == b.divisor
+        assert all(torch.equal(a.x[k], b.x[k]) and a.x[k].dtype == b.x[k].dtype for k in a.x)
+    return second
+
+
+def test_polymnist_maps_its_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmvae_bench.data import polymnist
+    from mmvae_bench.data.spec import DataOptions
+    from tests.data.fixtures import write_polymnist
+
+    write_polymnist(tmp_path)
+    ds = _loads_without_decoding(
+        monkeypatch, polymnist, "_decode", lambda: polymnist.load(DataOptions(data_dir=tmp_path))
+    )
+    assert ds.train.x["m0"].dtype == torch.uint8
+    assert str(polymnist.cache_path(tmp_path, "train")) in _mapped_paths()
+
+
+def test_mhd_maps_its_cache_and_rebuilds_for_a_new_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mmvae_bench.data import mhd
+    from mmvae_bench.data.spec import DataOptions
+    from tests.data.fixtures import write_mhd
+
+    write_mhd(tmp_path)
+
+    def load():
+        return mhd.load(DataOptions(data_dir=tmp_path))
+
+    ds = _loads_without_decoding(monkeypatch, mhd, "_load_file", load)
+    assert str(mhd.cache_path(tmp_path, "train")) in _mapped_paths()
+    assert ds.info["files"]["train"]["file"] == str(tmp_path / "mhd_train.pt")
+    # a new file (other size or modification time) is read again
+    write_mhd(tmp_path, n_per_class=4)
+    assert len(load().train) == 40
