@@ -18,6 +18,7 @@ import torch
 from accelerate import Accelerator
 
 from mmvae_bench.config import DEFAULT_CACHE_DIR, Device, RunConfig, coerce_value, make_config
+from mmvae_bench.data.memory import RESIDENT_SPLIT_HINT, require_device_memory
 from mmvae_bench.data.spec import DataOptions, MultimodalDataset
 from mmvae_bench.errors import BenchError
 from mmvae_bench.eval.classifiers import get_classifiers
@@ -237,6 +238,8 @@ def run(
         get_classifiers(
             dataset, Path(cfg.cache_dir), device=device, weights_dir=cfg.classifier_weights
         )
+    # The training split goes on the device whole: too big is an error now, nothing written.
+    require_device_memory(dataset.name, dataset.train.nbytes, RESIDENT_SPLIT_HINT, device)
     run_id = cfg.run_id or default_run_id(cfg)
     claimed = claim_run_dir(Path(cfg.out), run_id, mode)
     try:

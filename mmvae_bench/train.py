@@ -14,6 +14,7 @@ from accelerate import Accelerator
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import Tensor
 
+from mmvae_bench.data.memory import RESIDENT_SPLIT_HINT, require_device_memory
 from mmvae_bench.data.spec import MultimodalDataset, Split, iter_batches
 from mmvae_bench.errors import BenchError, NonFiniteLossError
 from mmvae_bench.flows import FlowPosterior
@@ -220,10 +221,12 @@ def train(
         NonFiniteLossError: a loss became NaN/inf; names stage, epoch and step.
     """
     device = accelerator.device
-    kept, held = holdout(dataset.train, settings.validation, settings.validation_seed)
-    x = kept.to(device, non_blocking=True)
-    x_val = held.to(device, non_blocking=True) if held is not None else None
-    n_train = len(kept)
+    require_device_memory(dataset.name, dataset.train.nbytes, RESIDENT_SPLIT_HINT, device)
+    # One copy on the device at native precision; the validation split indexes into it.
+    x, x_val = holdout(
+        dataset.train.to(device, non_blocking=True), settings.validation, settings.validation_seed
+    )
+    n_train = len(x)
     gen = torch.Generator().manual_seed(settings.seed)
     if rng_state is not None:
         _restore_rng(rng_state, gen)

@@ -94,7 +94,7 @@ def test_naive_stage_two_runs_the_joint_elbo_and_precomputes_nothing() -> None:
     for dec in model.decoders.values():
         dec.register_forward_hook(lambda *a: calls.append(1))
     freeze_for_stage(model, model.stages[1])
-    batch = ds.train.x
+    batch = ds.train.batch()
     assert model.precompute(batch, "unimodal") == {}
     out = model.loss(batch, "unimodal", {})
     out["loss"].backward()

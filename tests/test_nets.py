@@ -66,7 +66,7 @@ def test_nets_fit_the_published_spec(
     ds = datasets[name]
     spec: ModalitySpec = ds.specs[modality]
     assert spec.shape == shape and ds.train.x[modality].shape[1:] == shape
-    x = ds.train.x[modality][:BATCH]
+    x = ds.train.batch(slice(0, BATCH))[modality]  # float32, as models get it
 
     encoder = build_encoder(spec, FEATURES, width)
     assert encoder(x).shape == (BATCH, FEATURES)

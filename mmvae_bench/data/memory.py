@@ -5,6 +5,8 @@ labels), :func:`require_memory` compares them with the memory available now and 
 anything is allocated or cached. :func:`memory_guard` turns an allocation failure that still
 happens (torch's "can't allocate memory", numpy's ``MemoryError``) into the same kind of error.
 Both messages name the dataset, the bytes and the option that reduces them.
+:func:`require_device_memory` does the same for a split put on an accelerator whole (the
+trainer keeps the training split resident on the device, at its native precision).
 """
 
 from __future__ import annotations
@@ -14,15 +16,27 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
+
 from mmvae_bench.errors import BenchError
 
 __all__ = [
+    "available_device_bytes",
     "available_memory_bytes",
     "format_bytes",
     "is_out_of_memory",
     "memory_guard",
+    "require_device_memory",
     "require_memory",
+    "RESIDENT_SPLIT_HINT",
 ]
+
+# What reduces the device bytes of a training split held resident on an accelerator.
+RESIDENT_SPLIT_HINT = (
+    "the training split is held on the device at its native precision: free memory there "
+    "(other processes; a smaller --gpus-per-trial share packs fewer trials per GPU in a sweep) "
+    "or train with --device cpu"
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +65,16 @@ def available_memory_bytes() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def available_device_bytes(device: torch.device | str) -> int | None:
+    """Free memory on an accelerator now (CUDA: ``torch.cuda.mem_get_info``), in bytes; None
+    for the CPU (see :func:`available_memory_bytes`) or a device that cannot say."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(free)
 
 
 def format_bytes(n: float) -> str:
@@ -87,6 +111,23 @@ def require_memory(dataset: str, nbytes: int, hint: str) -> None:
         format_bytes(nbytes),
         format_bytes(available),
     )
+
+
+def require_device_memory(dataset: str, nbytes: int, hint: str, device: torch.device | str) -> None:
+    """Stop with a ``BenchError`` when ``nbytes`` will not fit in ``device``'s free memory.
+
+    Nothing is checked for the CPU (the data already lives there) or when the device cannot
+    say. Args as :func:`require_memory`, plus the device the bytes are about to be put on.
+    """
+    available = available_device_bytes(device)
+    if available is None:
+        return
+    if nbytes > available:
+        raise BenchError(
+            f"not enough memory on {torch.device(device)} for {dataset}: it needs about "
+            f"{format_bytes(nbytes)} ({nbytes} bytes), {format_bytes(available)} "
+            f"({available} bytes) is free there; {hint}"
+        )
 
 
 def is_out_of_memory(e: BaseException) -> bool:

@@ -192,14 +192,13 @@ class Split:
         )
 
     def subset(self, index: Tensor) -> Split:
-        """The samples at ``index`` (a 1-d long tensor), as a new split.
-
-        Stored rows are gathered at their native precision; a paired modality keeps its
-        unique rows and takes the subset of its index.
+        """The samples at ``index`` (a 1-d long tensor), as a new split sharing the stored
+        tensors: no row is copied (a mapped cache stays shared, a split on the GPU stays one
+        copy); every modality addresses its rows through an index (8 bytes a sample).
         """
-        x = {k: v if k in self.index else v[index] for k, v in self.x.items()}
-        pairs = {k: v[index] for k, v in self.index.items()}
-        return Split(x, self.y[index], dict(self.divisor), pairs)
+        index = index.to(self.y.device)
+        rows = {k: self.index[k][index] if k in self.index else index for k in self.x}
+        return Split(dict(self.x), self.y[index], dict(self.divisor), rows)
 
     def to(self, device: torch.device | str, *, non_blocking: bool = False) -> Split:
         """The split with every stored tensor, index and label moved to ``device``."""

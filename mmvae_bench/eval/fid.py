@@ -617,7 +617,10 @@ def fid_metrics(
     model.eval()
     n_gen = protocol.fid_samples or len(test)
     cond_test = test if n_gen >= len(test) else test.subset(torch.arange(n_gen))
-    real = {m: ImageTensorDataset(split_uint8_rgb(dataset.test, dataset.specs[m])) for m in mods}
+    real = {
+        m: ImageTensorDataset(split_uint8_rgb(dataset.test, dataset.specs[m], protocol.batch_size))
+        for m in mods
+    }
     values: dict[str, dict[str, float]] = {m: {} for m in mods}
     cuda = torch.device(device).type == "cuda"
 
