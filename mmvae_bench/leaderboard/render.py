@@ -202,8 +202,8 @@ def reference_legend() -> list[str]:
         "beside the leaderboards, each cited below): copied from the literature, not rerun "
         "here, not ranked, never averaged with our runs",
         "A published figure appears in a protocol's table when it is of this dataset and its "
-        "entry names that protocol (`full` or `quick`) as the one it is comparable with; the "
-        "papers evaluate on the whole test set, so entries name `full`, never `quick`. "
+        "entry names that protocol (`full` or `quick`) as the one it is comparable with (the "
+        "papers evaluate on the whole test set: the suite's entries name `full`). "
         "Architectures, training budgets and classifiers may still differ (each entry's notes)",
         f"{FLAG_MARK} marks our cell when a published figure of the same model and metric "
         "comes with a spread (std over the source's seeds) and our mean lies outside the "
