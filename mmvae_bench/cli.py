@@ -760,6 +760,49 @@ def bench(
 # == end bench ===============================================================================
 
 
+# == import: models trained elsewhere (issue 12) ==============================================
+import_app = typer.Typer(help="Models trained by other libraries, as run folders.")
+app.add_typer(import_app, name="import")
+
+
+@import_app.command("multivae")
+def import_multivae(
+    ctx: typer.Context,
+    source: Annotated[Path, typer.Argument(help="A MultiVae saved folder (model.save(DIR)).")],
+    dataset: Annotated[str, typer.Option(help="The dataset it was trained on.")] = "polymnist",
+    data_dir: PublishedDataOpt = None,
+    cache_dir: CacheDirOpt = DEFAULT_CACHE,
+    out: Annotated[Path, typer.Option(help="Folder for run records.")] = Path("runs"),
+    run_id: Annotated[str | None, typer.Option(help="Run id (default: generated).")] = None,
+    plugin: PluginOpt = None,
+) -> None:
+    """Import a MultiVae JNF, MVAE, MMVAE or MoPoE as a trained run (weights converted)."""
+    from mmvae_bench.interop.multivae import import_folder
+
+    registry = _registry(plugin)
+    registry.dataset(dataset)
+    record = import_folder(
+        source,
+        registry,
+        dataset=dataset,
+        data_dir=data_dir,
+        cache_dir=cache_dir,
+        out=out,
+        run_id=run_id,
+        command=command_line(ctx),
+    )
+    console.print(
+        Text(
+            f"imported {record.imported.model_class if record.imported else '?'} as "
+            f"{record.model}: {Path(out) / record.run_id} (evaluate it with `mmvae-bench "
+            f"evaluate {Path(out) / record.run_id}`)"
+        )
+    )
+
+
+# == end import ==============================================================================
+
+
 # == new-model =================================================================================
 @app.command("new-model")
 @user_errors

@@ -24,11 +24,11 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution
+from torch.distributions import Distribution, Transform, constraints
 from zuko.distributions import DiagNormal, NormalizingFlow
 from zuko.flows.autoregressive import MaskedAutoregressiveTransform
 from zuko.nn import MaskedLinear
@@ -37,12 +37,16 @@ from zuko.transforms import ComposedTransform, MonotonicAffineTransform
 from mmvae_bench.distributions import log_std_normal
 
 __all__ = [
+    "FlowAffine",
     "FlowDistribution",
     "FlowPosterior",
     "GaussianHead",
     "ProductOfFlows",
+    "ShiftLogScaleTransform",
     "compile_kernels",
 ]
+
+FlowAffine = Literal["zuko", "multivae"]  # the MADE blocks' affine map, see FlowPosterior
 
 LOGVAR_MIN, LOGVAR_MAX = -12.0, 8.0  # keeps exp() finite early in training
 # zuko's MonotonicAffineTransform squashes the raw log-scale a to a / (1 + |a| / c), c = |log
@@ -69,6 +73,34 @@ class GaussianHead(nn.Module):
         return nn.functional.linear(h, self.linear.weight[:d], self.linear.bias[:d])
 
 
+class ShiftLogScaleTransform(Transform):
+    """``u = (x - mu) * exp(-s)`` per feature, log|det| ``-s``: the MADE map of pythae's MAF.
+
+    MultiVae's JNF flows (pythae's ``MAF``) use this map with ``(mu, s)`` from the MADE and no
+    bound on ``s``; zuko's default (:class:`MonotonicAffineTransform`) is ``x * exp(a') + b``
+    with a soft-bounded ``a'``. The two are different functions of the same MADE outputs, so
+    weights trained with one are only meaningful under it.
+    """
+
+    domain = constraints.real
+    codomain = constraints.real
+    bijective = True
+    sign = +1
+
+    def __init__(self, mu: Tensor, log_scale: Tensor) -> None:
+        super().__init__()
+        self.mu, self.log_scale = mu, log_scale
+
+    def _call(self, x: Tensor) -> Tensor:
+        return (x - self.mu) * torch.exp(-self.log_scale)
+
+    def _inverse(self, u: Tensor) -> Tensor:
+        return u * torch.exp(self.log_scale) + self.mu
+
+    def log_abs_det_jacobian(self, x: Tensor, u: Tensor) -> Tensor:
+        return (-self.log_scale).expand(x.shape)
+
+
 class FlowPosterior(nn.Module):
     """q(z | h) = MAF_K pushed forward from N(mu(h), diag sigma(h)^2).
 
@@ -84,6 +116,9 @@ class FlowPosterior(nn.Module):
         hidden: width of each MADE hidden layer.
         layers: number of MADE hidden layers.
         context: condition the MADE blocks on ``h``.
+        affine: the blocks' map from the MADE outputs: ``zuko`` (zuko's monotonic affine map,
+            with the fast inference paths) or ``multivae`` (:class:`ShiftLogScaleTransform`,
+            MultiVae's; zuko's generic sampling and autograd HMC).
 
     Example:
         >>> q = FlowPosterior(features=8, latent_dim=4, depth=2)
@@ -100,6 +135,7 @@ class FlowPosterior(nn.Module):
         hidden: int = 128,
         layers: int = 3,
         context: bool = False,
+        affine: FlowAffine = "zuko",
     ) -> None:
         super().__init__()
         self.base = GaussianHead(features, latent_dim)
@@ -112,6 +148,9 @@ class FlowPosterior(nn.Module):
                 context=features if context else 0,
                 order=orders[i % 2],
                 hidden_features=[hidden] * layers,
+                univariate=ShiftLogScaleTransform
+                if affine == "multivae"
+                else MonotonicAffineTransform,
             )
             for i in range(depth)
         )

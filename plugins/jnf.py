@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -68,6 +69,9 @@ class JNFConfig(NetConfig):
     flow_hidden: int = 128  # width of each MADE hidden layer
     flow_layers: int = 3  # MADE hidden layers
     flow_context: bool = False  # condition the MADE blocks on the encoder features
+    # The MADE blocks' affine map: zuko's monotonic map (fast inference paths) or MultiVae's
+    # u = (z - mu) exp(-s) (pythae's MAF; needed for imported weights, see api.FlowPosterior).
+    flow_affine: Literal["zuko", "multivae"] = "zuko"
     hmc_steps: int = 100  # HMC iterations for |S| >= 2 (the paper's setting)
     hmc_leapfrog: int = 10  # leapfrog steps per iteration
     hmc_step_size: float = 0.01
@@ -107,6 +111,7 @@ PAPER_POLYMNIST = {
     "flow_depth": 2,  # JNFConfig defaults: MAF of 2 MADE blocks
     "flow_hidden": 128,  # x 3 hidden layers x 128
     "flow_layers": 3,
+    "flow_affine": "multivae",  # pythae's MAF: u = (z - mu) exp(-s) (zuko's fast paths off)
     "rescale": False,  # no likelihood rescaling (equal modalities: every weight would be 1)
     "beta": 1.0,  # JNFConfig default
     "batch_size": 256,  # config2.py base_training_config
@@ -152,6 +157,7 @@ class JNF(MultimodalVAE):
                     hidden=c.flow_hidden,
                     layers=c.flow_layers,
                     context=c.flow_context,
+                    affine=c.flow_affine,
                 )
                 for m in self.specs
             }

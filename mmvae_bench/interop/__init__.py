@@ -1,0 +1,1 @@
+"""Models trained by other libraries, brought into the suite (``mmvae-bench import``)."""
