@@ -161,11 +161,17 @@ InceptionWeightsOpt = Annotated[
 ]
 
 
+# Options left out of the recorded command line: a tracking URI may carry credentials.
+_UNRECORDED = frozenset({"tracking_uri"})
+
+
 def command_line(ctx: typer.Context) -> list[str]:
     """The running command as a canonical command line: its arguments, then every option
     given a value other than its default (what the record stores to reproduce the run)."""
     parts = ["mmvae-bench", *ctx.command_path.split()[1:]]
     for param in ctx.command.params:
+        if param.name in _UNRECORDED:
+            continue
         value = ctx.params.get(param.name)
         if param.param_type_name == "argument":
             parts += [str(v) for v in (value if isinstance(value, list | tuple) else [value])]

@@ -323,7 +323,9 @@ def test_run_logged_to_a_real_mlflow_server(
 ) -> None:
     out = tmp_path / "runs"
     record = _run(out, cache_dir, "r1", "--tracker", "mlflow", "--tracking-uri", mlflow_server)
-    assert "tracking_uri" not in record.run  # a URI may carry credentials: not recorded
+    # A URI may carry credentials: neither the run options nor the command line record it.
+    assert "tracking_uri" not in record.run and record.command is not None
+    assert "--tracker" in record.command and mlflow_server not in json.dumps(record.to_json())
     assert sorted(p.name for p in out.iterdir()) == ["r1"]  # the server holds everything
     client = _client(mlflow_server)
     exp = client.get_experiment_by_name(EXPERIMENT)
