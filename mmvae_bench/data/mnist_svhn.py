@@ -15,6 +15,10 @@ per dataset, as in the MMVAE script. Unlike it (which reshuffles unseeded, and t
 of an unstable sort), the pairs are built once with a fixed seed (:data:`PAIRING_SEED`) and
 cached as index files (``.mmvae_bench_pairs_{split}_dm{dm}.pt``: MNIST and SVHN indices, long),
 so every run and every model sees the same pairs.
+Each split's unique images, labels and pairs are then cached together beside the files
+(``.mmvae_bench_cache_{split}_dm{dm}.mmvb``, the mapped format of :mod:`mmvae_bench.data.cache`,
+keyed by the files' sizes and modification times and the pairing settings): later loads and
+every other process on the node map it instead of reading the files again.
 
 Memory: each split holds its unique MNIST and SVHN images once, as uint8 (~0.36 GB for both
 splits of the published files), and its pairs as indices into them (24 bytes a pair with the
@@ -47,6 +51,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mmvae_bench.data.cache import cached_arrays, file_fingerprint
 from mmvae_bench.data.download import (
     RemoteFile,
     fetch_command,
@@ -83,6 +88,7 @@ __all__ = [
     "fetch_mnist",
     "load",
     "pairs_path",
+    "split_cache_path",
     "read_idx",
     "read_mnist",
     "read_svhn",
@@ -235,20 +241,22 @@ def load(
     files += [data_dir / f.name for f in SVHN_FILES.values()]  # missing ones are named below
     sizes = [f.stat().st_size for f in files if f.is_file()]
     require_memory(NAME, sum(sizes) + max(sizes, default=0), hint)
+    found = {}
     with memory_guard(NAME, hint):
-        sources = {s: (read_mnist(data_dir, s), read_svhn(data_dir, s)) for s in ("train", "test")}
-        n_pairs = {
-            s: pair_count(m[1], v[1], dm=dm, max_per_class=max_per_class)
-            for s, (m, v) in sources.items()
-        }
-        # Per pair: two long indices and a long label; building them takes a few more.
-        require_memory(NAME, sum(n_pairs.values()) * _PAIR_INDEX_BYTES * 2, hint)
-        for split, ((mnist_x, mnist_y), (svhn_x, svhn_y)) in sources.items():
-            idx_m, idx_s = _cached_pairs(data_dir, split, mnist_y, svhn_y, dm, max_per_class)
+        for split in ("train", "test"):
+            # One decoded copy per node: the split's unique images, labels and pairs are mapped
+            # from one cache file that every process shares (data/cache.py).
+            a = _split_arrays(data_dir, split, dm, max_per_class, hint)
+            mnist_y, svhn_y, idx_m, idx_s = (
+                a["mnist_y"],
+                a["svhn_y"],
+                a["pairs_mnist"],
+                a["pairs_svhn"],
+            )
             n = len(idx_m)
             # Index pairs into the unique uint8 images: each image is held once, whatever dm
             # is; a batch gathers its pairs and becomes float32 / 255 on the device.
-            x = {"mnist": mnist_x.unsqueeze(1), "svhn": svhn_x}
+            x = {"mnist": a["mnist_x"].unsqueeze(1), "svhn": a["svhn_x"]}
             splits[split] = Split(
                 x,
                 mnist_y[idx_m],
@@ -266,11 +274,9 @@ def load(
             )
             info[f"n_{split}"] = n
             info[f"unique_{split}"] = {"mnist": len(mnist_y), "svhn": len(svhn_y)}
-    found = {
-        f"{source} {split}": len(labels)
-        for split, ((_, mnist_y), (_, svhn_y)) in sources.items()
-        for source, labels in (("mnist", mnist_y), ("svhn", svhn_y))
-    }
+            found[f"mnist {split}"] = len(mnist_y)
+            found[f"svhn {split}"] = len(svhn_y)
+    found = {k: found[k] for k in ("mnist train", "svhn train", "mnist test", "svhn test")}
     info.update(record_counts(NAME, found, _published_counts()))
     return MultimodalDataset(
         name=NAME,
@@ -283,6 +289,68 @@ def load(
         rescale={"mnist": SPECS["svhn"].size / SPECS["mnist"].size, "svhn": 1.0},
         info=info,
     )
+
+
+def split_cache_path(data_dir: Path, split: str, dm: int) -> Path:
+    """Where a split's unique images, labels and pairs for ``dm`` are cached (mapped format)."""
+    return Path(data_dir) / f".mmvae_bench_cache_{split}_dm{dm}.mmvb"
+
+
+def _split_arrays(
+    data_dir: Path, split: str, dm: int, max_per_class: int, hint: str
+) -> dict[str, Tensor]:
+    """A split's unique MNIST and SVHN images and labels and its pairs, mapped from the cache
+    when it was built from these files and settings, else read, paired and cached."""
+    fix = f"run `{fetch_command(NAME, data_dir)}`"
+    prefix = _MNIST_PREFIX[split]
+    sources = [
+        _mnist_file(data_dir, f"{prefix}-{k}-ubyte", fix) for k in ("images-idx3", "labels-idx1")
+    ]
+    svhn = Path(data_dir) / SVHN_FILES[split].name
+    if not svhn.is_file():
+        read_svhn(data_dir, split)  # names the missing file and the fetch command
+
+    def build() -> tuple[dict[str, Tensor], dict[str, Any]]:
+        mnist_x, mnist_y = read_mnist(data_dir, split)
+        svhn_x, svhn_y = read_svhn(data_dir, split)
+        n = pair_count(mnist_y, svhn_y, dm=dm, max_per_class=max_per_class)
+        # Per pair: two long indices and a long label; building them takes a few more.
+        require_memory(NAME, n * _PAIR_INDEX_BYTES * 2, hint)
+        idx_m, idx_s = _cached_pairs(data_dir, split, mnist_y, svhn_y, dm, max_per_class)
+        arrays = {
+            "mnist_x": mnist_x,
+            "mnist_y": mnist_y,
+            "svhn_x": svhn_x,
+            "svhn_y": svhn_y,
+            "pairs_mnist": idx_m,
+            "pairs_svhn": idx_s,
+        }
+        return arrays, {}
+
+    def problem(a: dict[str, Tensor], meta: dict[str, Any]) -> str | None:
+        want = {"mnist_x": torch.uint8, "svhn_x": torch.uint8, "mnist_y": torch.long}
+        want |= {"svhn_y": torch.long, "pairs_mnist": torch.long, "pairs_svhn": torch.long}
+        if any(k not in a or a[k].dtype != d for k, d in want.items()):
+            return "missing arrays or wrong dtypes"
+        if a["mnist_x"].shape[1:] != (28, 28) or a["svhn_x"].shape[1:] != (3, 32, 32):
+            return "images of the wrong shape"
+        if not _pairs_valid(a["pairs_mnist"], a["pairs_svhn"], a["mnist_y"], a["svhn_y"]):
+            return "pairs inconsistent with the labels"
+        return None
+
+    arrays, _ = cached_arrays(
+        split_cache_path(data_dir, split, dm),
+        {
+            "dataset": NAME,
+            "split": split,
+            "pairing": [_PAIRING_VERSION, dm, max_per_class, PAIRING_SEED],
+            "files": file_fingerprint([*sources, svhn]),
+        },
+        build,
+        what=f"MNIST-SVHN {split} cache",
+        validate=problem,
+    )
+    return arrays
 
 
 def build_pairs(

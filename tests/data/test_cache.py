@@ -374,3 +374,21 @@ def test_mhd_maps_its_cache_and_rebuilds_for_a_new_file(
     # a new file (other size or modification time) is read again
     write_mhd(tmp_path, n_per_class=4)
     assert len(load().train) == 40
+
+
+def test_mnist_svhn_maps_its_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmvae_bench.data import mnist_svhn
+    from mmvae_bench.data.spec import DataOptions
+    from tests.data.fixtures import write_mnist, write_svhn
+
+    for split in ("train", "test"):
+        write_mnist(tmp_path, split, [k % 10 for k in range(30)])
+        write_svhn(tmp_path, split, [k % 10 for k in range(40)])
+
+    def load():
+        return mnist_svhn.load(DataOptions(data_dir=tmp_path), dm=3)
+
+    ds = _loads_without_decoding(monkeypatch, mnist_svhn, "read_svhn", load)
+    assert str(mnist_svhn.split_cache_path(tmp_path, "train", 3)) in _mapped_paths()
+    assert len(ds.train) == 90 and ds.train.x["svhn"].shape == (40, 3, 32, 32)
+    assert torch.equal(ds.train.x["mnist"][ds.train.index["mnist"]][:, 0, 0, 1], ds.train.y)
