@@ -59,6 +59,7 @@ def test_bytes_per_sample_meet_the_targets_at_published_sizes(rehearsal, dataset
 def test_written_counts_follow_the_scale(rehearsal) -> None:
     script, root = rehearsal
     assert script.counts("polymnist", 1.0) == {"train": 60_000, "test": 10_000}
-    assert script.counts("mnist-svhn", 0.5)["svhn train"] == 36_630
+    assert script.counts("mnist-svhn", 1.0)["svhn train"] == 73_257
+    assert script.counts("mhd", 0.5) == {"train": 25_000, "test": 5_000}
     n = sum(1 for _ in (root / "polymnist" / "MMNIST" / "train" / "m0").glob("*.png"))
     assert n == 10
