@@ -772,6 +772,7 @@ app.add_typer(import_app, name="import")
 
 
 @import_app.command("multivae")
+@user_errors
 def import_multivae(
     ctx: typer.Context,
     source: Annotated[Path, typer.Argument(help="A MultiVae saved folder (model.save(DIR)).")],

@@ -1,0 +1,78 @@
+"""The trainer's held-out validation: the split, the LR schedule, the best epoch kept."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from mmvae_bench.errors import BenchError
+from mmvae_bench.train import TrainSettings, holdout, train
+from plugins.jnf import JNF, JNFConfig
+from tests.plugins.test_jnf import tiny_dataset
+
+
+def _model(ds) -> JNF:
+    config = JNFConfig(
+        latent_dim=4,
+        batch_size=8,
+        width=4,
+        features=16,
+        flow_hidden=16,
+        epochs_joint=3,
+        epochs_unimodal=2,
+        lr=3e-2,  # large enough that some epoch is worse than an earlier one
+    )
+    return JNF(ds, config)
+
+
+def test_holdout_is_a_seeded_partition_independent_of_the_run() -> None:
+    ds = tiny_dataset(n=40)
+    kept, held = holdout(ds.train, 0.1, 42)
+    again, held_again = holdout(ds.train, 0.1, 42)
+    other = holdout(ds.train, 0.1, 7)[1]
+    assert held is not None and held_again is not None and other is not None
+    assert (len(kept), len(held)) == (36, 4)
+    assert torch.equal(held.y, held_again.y) and torch.equal(kept.y, again.y)
+    rows = {m: torch.cat([kept.batch(None)[m], held.batch(None)[m]]) for m in ds.specs}
+    full = ds.train.batch(None)
+    for m in ds.specs:  # kept + held is a permutation of the training split
+        assert sorted(map(tuple, rows[m].flatten(1).tolist())) == sorted(
+            map(tuple, full[m].flatten(1).tolist())
+        )
+    assert holdout(ds.train, 0.0, 42)[1] is None
+    with pytest.raises(BenchError, match="keep_best needs a validation split"):
+        TrainSettings(keep_best=True)
+    with pytest.raises(BenchError, match="validation must be in"):
+        TrainSettings(validation=1.0)
+
+
+@pytest.mark.slow
+def test_keep_best_ends_each_stage_with_its_best_validation_epoch() -> None:
+    ds = tiny_dataset(n=48)
+    torch.manual_seed(0)
+    model = _model(ds)
+    settings = TrainSettings(
+        progress=False, validation=0.25, validation_seed=42, lr_patience=0, keep_best=True
+    )
+    snapshots: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+    losses: dict[tuple[str, int], float] = {}
+
+    def on_epoch(stage: str, epoch: int, metrics: dict[str, float]) -> None:
+        modules = next(s for s in model.stages if s.name == stage).modules
+        snapshots[stage, epoch + 1] = {
+            f"{n}.{k}": v.clone()
+            for n in modules
+            for k, v in getattr(model, n).state_dict().items()
+        }
+        losses[stage, epoch + 1] = metrics["val_loss"]
+
+    reports = train(model, ds, Accelerator(cpu=True), settings, on_epoch=on_epoch)
+    state = model.state_dict()
+    for report in reports:
+        epochs = [losses[report.name, e] for e in range(1, report.epochs + 1)]
+        best = min(range(1, report.epochs + 1), key=lambda e: losses[report.name, e])
+        assert report.best_epoch == best and report.validation_loss == min(epochs)
+        # The stage ends with the parameters it had after its best epoch.
+        kept = snapshots[report.name, best]
+        assert all(torch.equal(state[k], v) for k, v in kept.items())
