@@ -240,7 +240,8 @@ def train(
         if not params:
             raise BenchError(f"stage '{stage.name}' has no parameters to train")
         t0 = time.perf_counter()
-        cached = _precompute(model, x, stage.name, max(batch_size, 512))
+        # Nothing to precompute for a stage that trains no epoch (a pass over the whole split).
+        cached = _precompute(model, x, stage.name, max(batch_size, 512)) if epochs > 0 else {}
         t_pre = time.perf_counter() - t0
         opt = accelerator.prepare_optimizer(make_adam(params, stage.lr))
         steps_per_epoch = max(1, n_train // batch_size)

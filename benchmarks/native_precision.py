@@ -1,0 +1,212 @@
+"""Data at native precision (issue 13 items 1-2): resident bytes and a training A/B.
+
+    .venv/bin/python benchmarks/native_precision.py bytes [--samples 2000]
+    .venv/bin/python benchmarks/native_precision.py ab [--steps 40 --rounds 3 --device cpu]
+
+``bytes``: per dataset, the data bytes both splits hold at the published sizes, as the loaders
+held them (every modality float32, MNIST-SVHN's pairs gathered) and as they hold them now
+(``Split.nbytes``: stored dtypes, index pairs), computed from shapes and dtypes; then checked by
+loading generated files of ``--samples`` samples per split in the published formats (the test
+suite's writers) through the real loaders and scaling their bytes per sample up.
+
+``ab``: stage-1 (``joint``) training throughput of JNF on PolyMNIST-shaped data in one process,
+the same tuples stored as float32 (the former layout) and as uint8 (now), interleaved over
+``--rounds`` so that load on a shared machine hits both alike. The batches are bit-identical
+(tests/data/test_native_precision.py), so only the time differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.data.fixtures
+
+from mmvae_bench.data import mhd, mnist_svhn, polymnist  # noqa: E402
+from mmvae_bench.data.memory import format_bytes  # noqa: E402
+from mmvae_bench.data.spec import DataOptions, MultimodalDataset, Split  # noqa: E402
+from mmvae_bench.model import ModelConfig, ModelEntry  # noqa: E402
+from mmvae_bench.plugins import load_registry  # noqa: E402
+from mmvae_bench.runner import resolve_model_config  # noqa: E402
+from mmvae_bench.train import TrainSettings, train  # noqa: E402
+from tests.data.fixtures import write_mhd, write_mnist, write_polymnist, write_svhn  # noqa: E402
+
+# Published sizes (samples per split; MNIST-SVHN: unique images per source and pairs at dm=20
+# from the published label counts: min(#MNIST, #SVHN, 10,000) per label summed, times dm).
+PUBLISHED = {
+    "polymnist": {"train": 60_000, "test": 10_000},
+    "mhd": {"train": 50_000, "test": 10_000},
+    "mnist": {"train": 60_000, "test": 10_000},
+    "svhn": {"train": 73_257, "test": 26_032},
+}
+DM = 20
+
+
+def _published_pairs() -> dict[str, int]:
+    # per-label counts of the published files (MNIST: torchvision; SVHN: label 10 is digit 0)
+    mnist = {
+        "train": [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949],
+        "test": [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009],
+    }
+    svhn = {
+        "train": [4948, 13861, 10585, 8497, 7458, 6882, 5727, 5595, 5045, 4659],
+        "test": [1744, 5099, 4149, 2882, 2523, 2384, 1977, 2019, 1660, 1595],
+    }
+    return {
+        s: DM * sum(min(a, b, 10_000) for a, b in zip(mnist[s], svhn[s], strict=True))
+        for s in ("train", "test")
+    }
+
+
+def computed_bytes() -> dict[str, dict[str, int]]:
+    """Before/after bytes at the published sizes, from shapes and dtypes alone."""
+    poly = 5 * 3 * 28 * 28
+    n_poly = sum(PUBLISHED["polymnist"].values())
+    n_mhd = sum(PUBLISHED["mhd"].values())
+    mhd_values = 28 * 28 + 200 + 32 * 128
+    pairs = _published_pairs()
+    n_pairs = sum(pairs.values())
+    unique = sum(PUBLISHED["mnist"].values()) * 784 + sum(PUBLISHED["svhn"].values()) * 3072
+    return {
+        "polymnist": {"before": n_poly * (poly * 4 + 8), "after": n_poly * (poly + 8)},
+        # after: float32 where nothing narrower is exact (random content; images as k/255 would
+        # store 784 bytes instead of 3,136 a sample)
+        "mhd": {"before": n_mhd * (mhd_values * 4 + 8), "after": n_mhd * (mhd_values * 4 + 8)},
+        "mnist-svhn": {
+            "before": n_pairs * ((784 + 3072) * 4 + 8),
+            "after": unique + n_pairs * 3 * 8,
+        },
+    }
+
+
+def measured_bytes(samples: int, root: Path) -> dict[str, dict[str, float]]:
+    """Bytes per sample of generated files through the real loaders, scaled to published."""
+    per_class = max(1, samples // 10)
+    out: dict[str, dict[str, float]] = {}
+    d = root / "polymnist"
+    write_polymnist(d, n_per_class=per_class)
+    ds = polymnist.load(DataOptions(data_dir=d, cache_dir=root / "cache"))
+    out["polymnist"] = _scaled(ds, sum(PUBLISHED["polymnist"].values()))
+    d = root / "mhd"
+    write_mhd(d, n_per_class=per_class)
+    ds = mhd.load(DataOptions(data_dir=d))
+    out["mhd"] = _scaled(ds, sum(PUBLISHED["mhd"].values()))
+    d = root / "mnist-svhn"
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        write_mnist(d, split, rng.integers(0, 10, samples).tolist())
+        write_svhn(d, split, rng.integers(0, 10, samples).tolist())
+    ds = mnist_svhn.load(DataOptions(data_dir=d), dm=DM)
+    n_unique = 2 * samples
+    images = sum(s.x[m].numel() for s in (ds.train, ds.test) for m in s.x)
+    per_pair = (ds.nbytes - images) / (len(ds.train) + len(ds.test))
+    pairs = sum(_published_pairs().values())
+    unique = sum(PUBLISHED["mnist"].values()) * 784 + sum(PUBLISHED["svhn"].values()) * 3072
+    out["mnist-svhn"] = {
+        "generated_samples": n_unique,
+        "generated_bytes": ds.nbytes,
+        "bytes_per_pair_index": per_pair,
+        "scaled_bytes": unique * images / (2 * samples * (784 + 3072)) + pairs * per_pair,
+    }
+    return out
+
+
+def _scaled(ds: MultimodalDataset, published: int) -> dict[str, float]:
+    n = len(ds.train) + len(ds.test)
+    return {
+        "generated_samples": n,
+        "generated_bytes": ds.nbytes,
+        "stored": {m: str(t.dtype) for m, t in ds.train.x.items()},
+        "scaled_bytes": ds.nbytes / n * published,
+    }
+
+
+def ab(steps: int, rounds: int, device: str, batch_size: int) -> list[dict[str, float]]:
+    """Stage-1 samples/s, float32 vs uint8 storage of the same PolyMNIST-shaped tuples."""
+    torch.set_num_threads(1)
+    registry = load_registry()
+    entry = registry.model("jnf")
+    n = steps * batch_size
+    g = torch.Generator().manual_seed(0)
+    stored = {
+        f"m{k}": torch.randint(0, 256, (n, 3, 28, 28), generator=g, dtype=torch.uint8)
+        for k in range(5)
+    }
+    y = torch.randint(0, 10, (n,), generator=g)
+    native = Split(stored, y, divisor=dict.fromkeys(stored, 255.0))
+    floats = Split({m: t.to(torch.float32).div_(255.0) for m, t in stored.items()}, y)
+    base = polymnist.SPECS
+    accelerator = Accelerator(cpu=device == "cpu")
+    rows = []
+    for r in range(rounds):
+        for name, split in (("float32", floats), ("uint8", native)):
+            ds = MultimodalDataset(
+                name="polymnist",
+                specs=dict(base),
+                train=split,
+                test=split,
+                n_classes=10,
+                latent_dim=512,
+            )
+            torch.manual_seed(0)
+            model = entry.cls(ds, _config(entry, ds, batch_size)).to(accelerator.device)
+            settings = TrainSettings(epochs={"joint": 1, "unimodal": 0}, progress=False)
+            t0 = time.perf_counter()
+            [report, *_] = train(model, ds, accelerator, settings)
+            wall = time.perf_counter() - t0
+            rows.append(
+                {
+                    "round": r,
+                    "storage": name,
+                    "samples_per_s": report.samples_per_s,
+                    "wall_s": wall,
+                    "data_bytes": split.nbytes,
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def _config(entry: ModelEntry, ds: MultimodalDataset, batch_size: int) -> ModelConfig:
+    return resolve_model_config(entry, ds, {"batch_size": batch_size}, None)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("bytes")
+    b.add_argument("--samples", type=int, default=2000)
+    a = sub.add_parser("ab")
+    a.add_argument("--steps", type=int, default=40)
+    a.add_argument("--rounds", type=int, default=3)
+    a.add_argument("--batch-size", type=int, default=64)
+    a.add_argument("--device", default="cpu")
+    args = p.parse_args()
+    if args.cmd == "bytes":
+        computed = computed_bytes()
+        with tempfile.TemporaryDirectory(prefix="native-precision-") as tmp:
+            measured = measured_bytes(args.samples, Path(tmp))
+        for name, c in computed.items():
+            m = measured[name]
+            print(
+                f"{name:11s} before {format_bytes(c['before']):>10s}  after "
+                f"{format_bytes(c['after']):>10s}  measured-scaled "
+                f"{format_bytes(m['scaled_bytes']):>10s}  ({json.dumps(m)})"
+            )
+    else:
+        rows = ab(args.steps, args.rounds, args.device, args.batch_size)
+        for name in ("float32", "uint8"):
+            rates = [r["samples_per_s"] for r in rows if r["storage"] == name]
+            print(f"{name}: median {sorted(rates)[len(rates) // 2]:.1f} samples/s over {rates}")
+
+
+if __name__ == "__main__":
+    main()
