@@ -18,6 +18,7 @@ the same tuples stored as float32 (the former layout) and as uint8 (now), interl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -175,6 +176,37 @@ def ab(steps: int, rounds: int, device: str, batch_size: int) -> list[dict[str, 
     return rows
 
 
+def epoch(data_dir: Path, samples: int, dm: int) -> dict[str, float]:
+    """JNF on MNIST-SVHN loaded at full size (``dm``): both stages for one epoch over the first
+    ``samples`` pairs, timed; the full epoch is extrapolated in proportion (said so)."""
+    torch.set_num_threads(1)
+    registry = load_registry()
+    entry = registry.model("jnf")
+    t0 = time.perf_counter()
+    ds = mnist_svhn.load(DataOptions(data_dir=data_dir), dm=dm)
+    load_s = time.perf_counter() - t0
+    n_full = len(ds.train)
+    # a shuffled sample of the pairs, sharing the stored images (Split.subset copies nothing)
+    pick = torch.randperm(n_full, generator=torch.Generator().manual_seed(0))[:samples]
+    part = dataclasses.replace(ds, train=ds.train.subset(pick))
+    torch.manual_seed(0)
+    model = entry.cls(part, resolve_model_config(entry, part, {}, None))
+    settings = TrainSettings(epochs={"*": 1}, progress=False)
+    reports = train(model, part, Accelerator(cpu=True), settings)
+    out = {
+        "load_s": load_s,
+        "resident_data_bytes": ds.nbytes,
+        "pairs_train": n_full,
+        "pairs_timed": samples,
+        "extrapolated": True,
+    }
+    for r in reports:
+        out[f"{r.name}_samples_per_s"] = r.samples_per_s
+        out[f"{r.name}_epoch_s_extrapolated"] = r.wall_s * n_full / samples
+    print(json.dumps(out), flush=True)
+    return out
+
+
 def _config(entry: ModelEntry, ds: MultimodalDataset, batch_size: int) -> ModelConfig:
     return resolve_model_config(entry, ds, {"batch_size": batch_size}, None)
 
@@ -189,6 +221,10 @@ def main() -> None:
     a.add_argument("--rounds", type=int, default=3)
     a.add_argument("--batch-size", type=int, default=64)
     a.add_argument("--device", default="cpu")
+    e = sub.add_parser("epoch")
+    e.add_argument("--data-dir", type=Path, required=True)
+    e.add_argument("--samples", type=int, default=4096)
+    e.add_argument("--dm", type=int, default=DM)
     args = p.parse_args()
     if args.cmd == "bytes":
         computed = computed_bytes()
@@ -201,6 +237,8 @@ def main() -> None:
                 f"{format_bytes(c['after']):>10s}  measured-scaled "
                 f"{format_bytes(m['scaled_bytes']):>10s}  ({json.dumps(m)})"
             )
+    elif args.cmd == "epoch":
+        epoch(args.data_dir, args.samples, args.dm)
     else:
         rows = ab(args.steps, args.rounds, args.device, args.batch_size)
         for name in ("float32", "uint8"):

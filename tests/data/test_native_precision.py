@@ -212,3 +212,23 @@ def test_a_split_too_big_for_the_device_stops_training_before_anything_moves(
     assert msg.startswith("not enough memory on cpu for tiny: it needs about ")
     assert f"({ds.train.nbytes} bytes), 1000 B (1000 bytes) is free there" in msg
     assert "--device cpu" in msg and not moved
+
+
+def test_run_refuses_a_split_too_big_for_the_device_before_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from mmvae_bench.cli import app
+    from tests.tiny import TINY_JNF
+
+    monkeypatch.setattr(memory, "available_device_bytes", lambda device: 1000)
+    out = tmp_path / "runs"
+    args = ["run", "jnf", "--dataset", "circles-squares", "--epochs", "0", "--no-evaluate"]
+    res = CliRunner().invoke(
+        app, [*args, *TINY_JNF, "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
+    )
+    assert res.exit_code == 2, res.output
+    assert "error: not enough memory on cpu for circles-squares" in res.output
+    assert "--device cpu" in res.output and "Traceback" not in res.output
+    assert not out.exists() or not any(out.iterdir())
