@@ -6,6 +6,7 @@ real ``mlflow server``, TensorBoard's ``EventAccumulator``) and compared with th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -24,13 +25,16 @@ from mmvae_bench import sweep as sweeps
 from mmvae_bench.cli import app
 from mmvae_bench.errors import BenchError
 from mmvae_bench.plugins import load_registry
-from mmvae_bench.results import RunRecord
+from mmvae_bench.results import SCHEMA_VERSION, RunRecord, now
 from mmvae_bench.tracking import (
     INSTALL_HINT,
     MLFLOW_ARTIFACTS,
     MLFLOW_DB,
     TAG_KIND,
     TAG_RUN_ID,
+    RunTracking,
+    SweepTracking,
+    TrackingConfig,
     experiment_name,
     flatten_metrics,
 )
@@ -334,6 +338,76 @@ def test_run_logged_to_a_real_mlflow_server(
     # The artifacts went through the server into its artifact store.
     stored = {p.name for p in (tmp_path / "server-artifacts").rglob("*") if p.is_file()}
     assert {"config.json", "samples.png", "prior_samples.png"} <= stored
+
+
+# ---------------------------------------------------------------------------------------------
+# a failed run, a resumed sweep (no training: a record written by hand)
+# ---------------------------------------------------------------------------------------------
+
+
+def _record(run_dir: Path) -> RunRecord:
+    record = RunRecord(
+        schema=SCHEMA_VERSION,
+        run_id=run_dir.name,
+        status="running",
+        model="jnf",
+        dataset="circles-squares",
+        seed=3,
+        config={"beta": 1.0},
+        run={"tracker": "mlflow"},
+        protocol={"name": "quick"},
+        environment={},
+        created=now(),
+        epochs={"joint": 2},
+    )
+    record.save(run_dir)
+    return record
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["mlflow", "tensorboard"])
+def test_a_run_that_raises_is_tracked_as_failed_with_its_error(tmp_path: Path, kind: str) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "r1"
+    _record(run_dir)
+    with pytest.raises(RuntimeError, match="boom"):
+        with RunTracking(TrackingConfig(kind=kind), run_dir) as track:
+            track.epoch("joint", 0, {"loss": 2.5})
+            raise RuntimeError("boom")
+    if kind == "mlflow":
+        client = _client(f"sqlite:///{tmp_path / MLFLOW_DB}")
+        [mlrun] = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+        assert mlrun.info.status == "FAILED"
+        assert mlrun.data.tags["mmvae_bench.error"] == "RuntimeError: boom"
+        assert mlrun.data.metrics["train/joint/loss"] == 2.5 and mlrun.data.params["seed"] == "3"
+    else:
+        events = EventAccumulator(str(run_dir / "tensorboard"))
+        events.Reload()
+        [point] = events.Scalars("train/joint/loss")
+        assert (point.step, point.value) == (1, 2.5)
+        status = events.Tensors("status/text_summary")[0].tensor_proto.string_val[0].decode()
+        assert status == "failed: RuntimeError: boom"
+
+
+@pytest.mark.slow
+def test_a_resumed_sweep_continues_its_parent_run(tmp_path: Path) -> None:
+    values = {"model": "jnf", "dataset": "circles-squares", "tracker": "mlflow", "name": "sw"}
+    values |= {"out": tmp_path / "runs", "storage": tmp_path / "sweeps"}
+    cfg = sweeps.sweep_config(values, load_registry())
+    summary = sweeps.SweepSummary(
+        name="sw", path=cfg.path, trials=[], best={}, axes=[], heatmap=None, wall_s=1.0
+    )
+    first = SweepTracking(cfg.tracking, cfg)
+    parent = first.start()
+    first.failed(KeyboardInterrupt("stopped"))
+    resumed = SweepTracking(cfg.tracking, dataclasses.replace(cfg, resume=True))
+    assert resumed.start() == parent
+    resumed.finished(summary)
+    client = _client(f"sqlite:///{tmp_path / 'runs' / MLFLOW_DB}")
+    [mlrun] = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    assert mlrun.info.run_id == parent and mlrun.info.status == "FINISHED"
+    assert mlrun.data.params["model"] == "jnf" and mlrun.data.metrics["trials_ok"] == 0
 
 
 # ---------------------------------------------------------------------------------------------
