@@ -61,6 +61,7 @@ __all__ = [
     "INSTALL_HINT",
     "MLFLOW_ARTIFACTS",
     "MLFLOW_DB",
+    "SWEEP_TRACKING_FILE",
     "TAG_KIND",
     "TAG_RUN_ID",
     "TENSORBOARD_DIR",
@@ -86,9 +87,15 @@ TAG_RUN_ID = "mmvae_bench.run_id"
 TAG_KIND = "mmvae_bench.kind"  # run | evaluate | trial | sweep
 _PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag for nested runs
 SWEEP_TRACKING_FILE = "tracking.json"  # the sweep's parent run, for --resume
-# MLflow's rule for metric and param names (slashes, word characters, . - space and colon).
+# MLflow's rule for metric and param names: slashes, word characters, . - and space (it
+# allows colons too, except on Windows).
 _UNSAFE = re.compile(r"[^/\w.\- ]")
-_MODULES = {"mlflow": "mlflow", "tensorboard": "tensorboard"}
+# What each tracker imports, and the package (of the tracking extra) that provides it; torch's
+# SummaryWriter imports only with tensorboard installed.
+_IMPORTS = {
+    "mlflow": ("mlflow", "mlflow"),
+    "tensorboard": ("torch.utils.tensorboard", "tensorboard"),
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,13 +129,12 @@ def check_installed(kind: str) -> None:
     Raises:
         BenchError: the package is not installed; the message names the install command.
     """
-    module = _MODULES[kind]
+    module, package = _IMPORTS[kind]
     try:
-        # torch.utils.tensorboard is torch's writer, importable only with tensorboard installed.
-        importlib.import_module("torch.utils.tensorboard" if kind == "tensorboard" else module)
+        importlib.import_module(module)
     except ImportError as e:
         raise BenchError(
-            f"--tracker {kind} needs the {module} package, which is not installed "
+            f"--tracker {kind} needs the {package} package, which is not installed "
             f"({e}); install it with: {INSTALL_HINT}"
         ) from None
 
