@@ -1,7 +1,7 @@
 """Cross-checks against MultiVae (the ``reference`` extra, installed by ``make install``).
 
 Every test here is marked ``reference`` (deselect with ``-m "not reference"``). Each module
-starts with ``pytest.importorskip("multivae", reason=REASON)``, so without the extra the
+starts with ``pytest.importorskip("multivae", reason=...)``, so without the extra the
 modules are skipped with that reason shown (``-ra``), never silently. After the run, the
 maximum relative differences measured are printed as a table.
 """
@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).parent
-REASON = "multivae is not installed: pip install -e '.[reference]' (make install does)"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
