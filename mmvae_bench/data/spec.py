@@ -89,9 +89,10 @@ class Split:
     **Batches.** :meth:`batch` (and :func:`iter_batches` over a split) gathers the stored rows
     of a batch where the split lives (put it on the GPU once with :meth:`to`; 1/4 of the float32
     bytes for uint8), moves them to ``device`` if asked, and converts them to float32 there. A
-    uint8 value goes through a 256-entry float32 table computed on the CPU, so a batch is
-    bit-identical to the float32 tensor the loaders used to hold, on every device (CUDA divides
-    by a scalar as a multiplication by its reciprocal, which differs in the last bit).
+    uint8 value is divided on the CPU or, on another device, looked up in a 256-entry table of
+    the CPU's quotients, so a batch is bit-identical to the float32 tensor the loaders used to
+    hold, on every device (CUDA divides by a scalar as a multiplication by its reciprocal,
+    which differs in the last bit: :func:`to_float`).
     ``split.batch()`` of the whole split allocates all of it as float32: for small data only.
 
     Attributes:
@@ -217,16 +218,23 @@ class Split:
 def to_float(stored: Tensor, divisor: float = 1.0) -> Tensor:
     """A stored modality tensor as the float32 values models see (see :class:`Split`).
 
-    uint8: ``float32(v) / divisor`` through a 256-entry table built on the CPU, so the result
-    is the same bit for bit on every device; float16: exact conversion; float32: unchanged.
+    uint8: ``float32(v) / divisor`` divided on the CPU; elsewhere through a 256-entry table of
+    those CPU quotients (CUDA divides by a scalar as a multiplication by its reciprocal), so
+    the result is the same bit for bit on every device; float16: exact; float32: unchanged.
     """
     if stored.dtype == torch.uint8:
-        table = _uint8_table(float(divisor), stored.device)
-        flat = table.index_select(0, stored.reshape(-1).to(torch.int32))
-        return flat.view(stored.shape)
+        if stored.device.type == "cpu":
+            # The loaders' former path itself; 2x faster than the table lookup on the CPU.
+            return stored.to(torch.float32).div_(divisor)
+        return _via_table(stored, divisor)
     if stored.dtype == torch.float16:
         return stored.to(torch.float32)
     return stored
+
+
+def _via_table(stored: Tensor, divisor: float) -> Tensor:
+    table = _uint8_table(float(divisor), stored.device)
+    return table.index_select(0, stored.reshape(-1).to(torch.int32)).view(stored.shape)
 
 
 @functools.lru_cache(maxsize=16)

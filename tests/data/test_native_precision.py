@@ -16,7 +16,7 @@ from accelerate import Accelerator
 
 from mmvae_bench.data import memory
 from mmvae_bench.data.precision import float16_error, narrowest_exact
-from mmvae_bench.data.spec import MultimodalDataset, Split, iter_batches, to_float
+from mmvae_bench.data.spec import MultimodalDataset, Split, _via_table, iter_batches, to_float
 from mmvae_bench.errors import BenchError
 from mmvae_bench.eval import fid as fidlib
 from mmvae_bench.eval.classifiers import Classifier
@@ -38,6 +38,8 @@ def test_uint8_converts_as_the_cpu_division_on_every_device(device: str, divisor
     expected = values.to(torch.float32).div_(divisor)  # the loaders' former path, on the CPU
     got = to_float(values.to(device), divisor)
     assert got.device.type == device and same_bits(got.cpu(), expected)
+    # the table lookup other devices use gives the CPU's quotients (checked here on the CPU)
+    assert same_bits(_via_table(values, divisor), expected)
 
 
 def test_float16_and_float32_storage() -> None:
