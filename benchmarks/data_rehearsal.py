@@ -176,11 +176,14 @@ def measure_process(
 
     registry = load_registry()
     base = smaps_rollup()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     ds = load_dataset(registry, dataset, data_dir=root / dataset, cache_dir=root / "cache")
     load_s = time.perf_counter() - t0
     batch = first_batch(ds, 128)
     first_batch_s = time.perf_counter() - t0
+    # CPU seconds of this process: what the wall time would be on an idle core (the wall
+    # times of a loaded machine are contended)
+    first_batch_cpu_s = time.process_time() - c0
     after = smaps_rollup()
     held = tensor_bytes(ds)
     n = {"train": len(ds.train), "test": len(ds.test)}
@@ -189,6 +192,7 @@ def measure_process(
         "samples": n,
         "load_s": load_s,
         "first_batch_s": first_batch_s,
+        "first_batch_cpu_s": first_batch_cpu_s,
         "batch_dtypes": sorted({str(v.dtype) for v in batch.values()}),
         "data_bytes": held,
         "data_bytes_per_sample": sum(held.values()) / sum(n.values()),
