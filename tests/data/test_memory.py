@@ -82,9 +82,10 @@ def test_mnist_svhn_bytes_scale_with_dm(tmp_path: Path, monkeypatch: pytest.Monk
         with pytest.raises(BenchError, match=rf"each image is used dm={dm} times") as err:
             mnist_svhn.load(DataOptions(data_dir=tmp_path), dm=dm)
         needed[dm] = int(re.search(r"\((\d+) bytes\), 1 B", str(err.value)).group(1))
-    # 20 images per split, each used dm times: per pair two int64 indices and an int64 label,
-    # counted twice for building them; the images are held once whatever dm is
-    assert needed == {dm: 2 * dm * 20 * 3 * 8 * 2 for dm in (1, 4)}
+    # checked per split, train first: 20 images each used dm times; per pair two int64
+    # indices and an int64 label, counted twice for building them; the images are held once
+    # whatever dm is
+    assert needed == {dm: dm * 20 * 3 * 8 * 2 for dm in (1, 4)}
 
 
 @pytest.mark.parametrize("name", DATASETS)
