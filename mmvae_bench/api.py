@@ -44,7 +44,7 @@ from mmvae_bench.model import (
     all_subsets,
     subset_key,
 )
-from mmvae_bench.nets import build_classifier, build_decoder, build_encoder
+from mmvae_bench.nets import build_classifier, build_decoder, build_encoder, encoder_features
 
 __all__ = [
     "BenchError",
@@ -72,6 +72,7 @@ __all__ = [
     "build_classifier",
     "build_decoder",
     "build_encoder",
+    "encoder_features",
     "gaussian_poe",
     "hmc_sample",
     "hookimpl",

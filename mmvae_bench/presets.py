@@ -3,9 +3,10 @@
 A preset has two halves. The model half is the plugin's: each :class:`ModelEntry` lists its
 presets per dataset (``ModelEntry.presets``, model config fields with the source of each value
 beside it), and they replace the plugin's per-dataset ``defaults``; ``--set`` still overrides
-them. The training half is the same for every model and lives here (:data:`TRAINING`).
+them. The training half is the same for every model on a dataset and lives here
+(:data:`TRAINING`, per preset and dataset).
 
-``paper``: MultiVae 1.0.3's PolyMNIST benchmark (AgatheSenellart/MultiVae,
+``paper`` on ``polymnist``: MultiVae 1.0.3's PolyMNIST benchmark (AgatheSenellart/MultiVae,
 ``examples/mmnist/training/config2.py`` and the per-model scripts beside it), the settings of
 its published runs:
 
@@ -15,6 +16,11 @@ its published runs:
   patience 30 (the published runs; ``config2.py`` at some commits says 10).
 - ``keep_best=True``: the trainer's ``_best_model`` (lowest validation loss) is the one that
   was evaluated and published.
+
+``paper`` on ``mnist-svhn``: MultiVae's MNIST-SVHN benchmark (``examples/mnist_svhn/config1.py``
+with ``jnf.py`` and ``mopoe.py``): ``random_split(train, [0.8, 0.2]`` with seed 42, so
+``validation=0.2``; ReduceLROnPlateau with patience 10; the best model kept. (Its MNIST-SVHN
+pairs each image 5 times, ``data_multiplication=5``; the suite's dataset pairs 20 times.)
 
 The batch size (256), Adam's learning rate (1e-3), the epochs and the architectures are model
 config fields, in each plugin's ``PAPER_POLYMNIST``.
@@ -42,8 +48,15 @@ class TrainingPreset:
     keep_best: bool  # keep the parameters of the epoch with the lowest validation loss
 
 
-TRAINING: dict[str, TrainingPreset] = {
-    "paper": TrainingPreset(validation=0.1, validation_seed=42, lr_patience=30, keep_best=True),
+TRAINING: dict[str, dict[str, TrainingPreset]] = {
+    "paper": {
+        "polymnist": TrainingPreset(
+            validation=0.1, validation_seed=42, lr_patience=30, keep_best=True
+        ),
+        "mnist-svhn": TrainingPreset(
+            validation=0.2, validation_seed=42, lr_patience=10, keep_best=True
+        ),
+    },
 }
 
 

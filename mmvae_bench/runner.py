@@ -144,7 +144,7 @@ def resolve_training(cfg: RunConfig) -> RunConfig:
     Raises:
         BenchError: ``keep_best`` without a validation split.
     """
-    preset = TRAINING.get(cfg.preset) if cfg.preset is not None else None
+    preset = TRAINING.get(cfg.preset or "", {}).get(cfg.dataset)
     validation = (
         cfg.validation if cfg.validation is not None else (preset.validation if preset else 0.0)
     )

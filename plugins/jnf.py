@@ -47,6 +47,7 @@ from mmvae_bench.api import (
     Subset,
     build_decoder,
     build_encoder,
+    encoder_features,
     hmc_sample,
     hookimpl,
     kl_std_normal,
@@ -104,7 +105,6 @@ class JNFConfig(NetConfig):
 PAPER_POLYMNIST = {
     "latent_dim": 512,  # config2.py base_config
     "nets": "multivae",  # EncoderConvMMNIST_adapted / DecoderConvMMNIST (nets/published.py)
-    "features": 2048,  # the adapted encoder's 128 x 4 x 4 map before its mean/log-var convs
     "joint_heads": True,  # MultipleHeadJointEncoder: copies of the encoders, means merged
     "joint_hidden": 512,  # MultipleHeadJointEncoder defaults: hidden_dim=512,
     "joint_layers": 2,  # n_hidden_layers=2, ReLU
@@ -120,6 +120,26 @@ PAPER_POLYMNIST = {
     "epochs_unimodal": 200,
 }
 
+# `--preset paper` on MNIST-SVHN: MultiVae 1.0.3's MNIST-SVHN benchmark (examples/mnist_svhn/
+# config1.py and jnf.py): MLP nets for MNIST, convolutional ones for SVHN, latent 20.
+PAPER_MNIST_SVHN = {
+    "latent_dim": 20,  # config1.py base_model_config
+    "nets": "multivae",  # Encoder_VAE_MLP/Decoder_AE_MLP, Encoder_VAE_SVHN/Decoder_VAE_SVHN
+    "joint_heads": True,  # MultipleHeadJointEncoder defaults, as on PolyMNIST
+    "joint_hidden": 512,
+    "joint_layers": 2,
+    "flow_depth": 2,  # JNFConfig default flows
+    "flow_hidden": 128,
+    "flow_layers": 3,
+    "flow_affine": "multivae",
+    "rescale": True,  # uses_likelihood_rescaling=True: max size / size, as the dataset's
+    "beta": 1.0,
+    "batch_size": 256,  # config1.py base_training_config
+    "lr": 1e-3,
+    "epochs_joint": 100,  # num_epochs=200, warmup=100 (jnf.py)
+    "epochs_unimodal": 100,
+}
+
 
 class JNF(MultimodalVAE):
     """JNF: a joint VAE, then flow posteriors per modality combined by product of experts."""
@@ -132,13 +152,15 @@ class JNF(MultimodalVAE):
         self.joint_encoders = nn.ModuleDict(
             {m: build_encoder(s, c.features, c.width, c.nets) for m, s in self.specs.items()}
         )
-        branch = c.features
+        # Each modality's encoder features (fixed per net with nets="multivae").
+        sizes = {m: encoder_features(s, c.features, c.nets) for m, s in self.specs.items()}
+        branches = sum(sizes.values())
         if c.joint_heads:
-            self.joint_heads = nn.ModuleDict({m: GaussianHead(c.features, d) for m in self.specs})
-            branch = d
+            self.joint_heads = nn.ModuleDict({m: GaussianHead(sizes[m], d) for m in self.specs})
+            branches = d * len(self.specs)
         hidden = c.joint_hidden or 2 * c.features
         act = nn.ReLU if c.nets == "multivae" else nn.SiLU
-        layers: list[nn.Module] = [nn.Linear(branch * len(self.specs), hidden), act()]
+        layers: list[nn.Module] = [nn.Linear(branches, hidden), act()]
         for _ in range(c.joint_layers - 1):
             layers += [nn.Linear(hidden, hidden), act()]
         self.joint_merge = nn.Sequential(*layers, GaussianHead(hidden, d))
@@ -151,7 +173,7 @@ class JNF(MultimodalVAE):
         self.posteriors = nn.ModuleDict(
             {
                 m: FlowPosterior(
-                    c.features,
+                    sizes[m],
                     d,
                     depth=c.flow_depth,
                     hidden=c.flow_hidden,
@@ -295,6 +317,6 @@ def mmvae_bench_models() -> list[ModelEntry]:
                 "polymnist-lite": {"lr": 2e-3, "epochs_joint": 20, "epochs_unimodal": 20},
                 "circles-squares": {"epochs_joint": 30, "epochs_unimodal": 20},
             },
-            presets={"paper": {"polymnist": PAPER_POLYMNIST}},
+            presets={"paper": {"polymnist": PAPER_POLYMNIST, "mnist-svhn": PAPER_MNIST_SVHN}},
         )
     ]

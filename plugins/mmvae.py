@@ -63,6 +63,7 @@ from mmvae_bench.api import (
     Subset,
     build_decoder,
     build_encoder,
+    encoder_features,
     hookimpl,
     likelihood_mean,
     log_likelihood,
@@ -136,7 +137,6 @@ class LaplacePrior(nn.Module):
 PAPER_POLYMNIST = {
     "latent_dim": 512,  # config2.py base_config
     "nets": "multivae",  # EncoderConvMMNIST_adapted / DecoderConvMMNIST (nets/published.py)
-    "features": 2048,  # the adapted encoder's 128 x 4 x 4 map before its mean/log-var convs
     "rescale": False,  # no likelihood rescaling (equal modalities: every weight would be 1)
     "batch_size": 256,  # config2.py base_training_config
     "lr": 1e-3,  # Adam, config2.py
@@ -156,7 +156,11 @@ class MMVAE(MultimodalVAE):
         c, d = config, self.latent_dim
         self.experts = nn.ModuleDict(
             {
-                m: LaplaceExpert(build_encoder(s, c.features, c.width, c.nets), c.features, d)
+                m: LaplaceExpert(
+                    build_encoder(s, c.features, c.width, c.nets),
+                    encoder_features(s, c.features, c.nets),
+                    d,
+                )
                 for m, s in self.specs.items()
             }
         )

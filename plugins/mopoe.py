@@ -49,6 +49,7 @@ from mmvae_bench.api import (
     all_subsets,
     build_decoder,
     build_encoder,
+    encoder_features,
     gaussian_poe,
     hookimpl,
     kl_std_normal,
@@ -77,12 +78,23 @@ class MoPoEConfig(NetConfig):
 PAPER_POLYMNIST = {
     "latent_dim": 512,  # config2.py base_config
     "nets": "multivae",  # EncoderConvMMNIST_adapted / DecoderConvMMNIST (nets/published.py)
-    "features": 2048,  # the adapted encoder's 128 x 4 x 4 map before its mean/log-var convs
     "rescale": False,  # no likelihood rescaling (equal modalities: every weight would be 1)
     "batch_size": 256,  # config2.py base_training_config
     "lr": 1e-3,  # Adam, config2.py
     "epochs": 800,  # config2.py num_epochs
     "beta": 2.5,  # mopoe.py: beta=2.5
+}
+
+# `--preset paper` on MNIST-SVHN: MultiVae 1.0.3's MNIST-SVHN benchmark (examples/mnist_svhn/
+# config1.py and mopoe.py).
+PAPER_MNIST_SVHN = {
+    "latent_dim": 20,  # config1.py base_model_config
+    "nets": "multivae",  # Encoder_VAE_MLP/Decoder_AE_MLP, Encoder_VAE_SVHN/Decoder_VAE_SVHN
+    "rescale": True,  # uses_likelihood_rescaling=True: max size / size, as the dataset's
+    "beta": 5.0,  # mopoe.py: beta=5
+    "batch_size": 256,  # config1.py base_training_config
+    "lr": 1e-3,
+    "epochs": 200,
 }
 
 
@@ -97,7 +109,8 @@ class MoPoE(MultimodalVAE):
         self.experts = nn.ModuleDict(
             {
                 m: nn.Sequential(
-                    build_encoder(s, c.features, c.width, c.nets), GaussianHead(c.features, d)
+                    build_encoder(s, c.features, c.width, c.nets),
+                    GaussianHead(encoder_features(s, c.features, c.nets), d),
                 )
                 for m, s in self.specs.items()
             }
@@ -208,6 +221,6 @@ def mmvae_bench_models() -> list[ModelEntry]:
                 "polymnist-lite": {"lr": 2e-3, "epochs": 20, "beta": 2.5},
                 "circles-squares": {"epochs": 30},
             },
-            presets={"paper": {"polymnist": PAPER_POLYMNIST}},
+            presets={"paper": {"polymnist": PAPER_POLYMNIST, "mnist-svhn": PAPER_MNIST_SVHN}},
         )
     ]

@@ -50,6 +50,7 @@ from mmvae_bench.api import (
     all_subsets,
     build_decoder,
     build_encoder,
+    encoder_features,
     gaussian_poe,
     hookimpl,
     kl_std_normal,
@@ -80,7 +81,6 @@ class MVAEConfig(NetConfig):
 PAPER_POLYMNIST = {
     "latent_dim": 512,  # config2.py base_config
     "nets": "multivae",  # EncoderConvMMNIST_adapted / DecoderConvMMNIST (nets/published.py)
-    "features": 2048,  # the adapted encoder's 128 x 4 x 4 map before its mean/log-var convs
     "rescale": False,  # no likelihood rescaling (equal modalities: every weight would be 1)
     "batch_size": 256,  # config2.py base_training_config
     "lr": 1e-3,  # Adam, config2.py
@@ -102,7 +102,8 @@ class MVAE(MultimodalVAE):
         self.experts = nn.ModuleDict(
             {
                 m: nn.Sequential(
-                    build_encoder(s, c.features, c.width, c.nets), GaussianHead(c.features, d)
+                    build_encoder(s, c.features, c.width, c.nets),
+                    GaussianHead(encoder_features(s, c.features, c.nets), d),
                 )
                 for m, s in self.specs.items()
             }

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from mmvae_bench.cli import app
 from mmvae_bench.config import RunConfig, make_config
+from mmvae_bench.data import mnist_svhn
 from mmvae_bench.data.polymnist import SPECS
 from mmvae_bench.data.spec import MultimodalDataset, Split
 from mmvae_bench.errors import BenchError
@@ -29,6 +30,23 @@ def polymnist_specs_only() -> MultimodalDataset:
     split = Split(x, torch.zeros(2, dtype=torch.long))
     return MultimodalDataset(
         name="polymnist", specs=dict(SPECS), train=split, test=split, n_classes=10, latent_dim=512
+    )
+
+
+def mnist_svhn_specs_only() -> MultimodalDataset:
+    """MNIST-SVHN's specs and likelihood weights over two blank samples."""
+    specs = dict(mnist_svhn.SPECS)
+    x = {m: torch.zeros(2, *s.shape) for m, s in specs.items()}
+    split = Split(x, torch.zeros(2, dtype=torch.long))
+    weights = {"mnist": specs["svhn"].size / specs["mnist"].size, "svhn": 1.0}
+    return MultimodalDataset(
+        name="mnist-svhn",
+        specs=specs,
+        train=split,
+        test=split,
+        n_classes=10,
+        latent_dim=20,
+        rescale=weights,
     )
 
 
@@ -50,6 +68,27 @@ OURS = {
         for name in ("mvae", "mmvae", "mopoe")
     },
 }
+
+
+def _reference_mnist_svhn(name: str) -> torch.nn.Module:
+    from multivae.models import JNF, JNFConfig, MoPoE, MoPoEConfig
+    from multivae.models.nn.default_architectures import Decoder_AE_MLP, Encoder_VAE_MLP
+    from multivae.models.nn.svhn import Decoder_VAE_SVHN, Encoder_VAE_SVHN
+    from pythae.models.base.base_config import BaseAEConfig
+
+    base = {
+        "n_modalities": 2,
+        "input_dims": {"mnist": (1, 28, 28), "svhn": (3, 32, 32)},
+        "latent_dim": 20,
+        "uses_likelihood_rescaling": True,
+        "decoders_dist": {"mnist": "laplace", "svhn": "laplace"},
+    }
+    net = {m: BaseAEConfig(latent_dim=20, input_dim=d) for m, d in base["input_dims"].items()}
+    encoders = {"mnist": Encoder_VAE_MLP(net["mnist"]), "svhn": Encoder_VAE_SVHN(net["svhn"])}
+    decoders = {"mnist": Decoder_AE_MLP(net["mnist"]), "svhn": Decoder_VAE_SVHN(net["svhn"])}
+    if name == "jnf":
+        return JNF(JNFConfig(**base, warmup=100), encoders=encoders, decoders=decoders)
+    return MoPoE(MoPoEConfig(**base, beta=5), encoders=encoders, decoders=decoders)
 
 
 def _reference(name: str) -> torch.nn.Module:
@@ -84,6 +123,31 @@ def _reference(name: str) -> torch.nn.Module:
     encoders = {m: EncoderConvMMNIST_adapted(net) for m in mods}
     decoders = {m: DecoderConvMMNIST(net) for m in mods}
     return cls(config, encoders=encoders, decoders=decoders)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("name", ["jnf", "mopoe"])
+def test_paper_preset_on_mnist_svhn_has_the_reference_parameter_counts(name: str) -> None:
+    if not HAS_MULTIVAE:
+        pytest.skip(REFERENCE)
+    registry = load_registry()
+    entry = registry.model(name)
+    values = preset_values(entry, "mnist-svhn", "paper", registry.models)
+    ours = entry.cls(mnist_svhn_specs_only(), make_config(entry.config, values))
+    ref = _reference_mnist_svhn(name)
+    prefixes = dict(OURS[name])
+    if name == "jnf":
+        prefixes["encoders"] = (
+            "unimodal_encoders.",
+            "posteriors.mnist.base.",
+            "posteriors.svhn.base.",
+        )
+        prefixes["flows"] = ("posteriors.mnist.transforms.", "posteriors.svhn.transforms.")
+    for module, prefix in prefixes.items():
+        assert _count(ours, *prefix) == _count(ref, f"{module}."), module
+    total = sum(p.numel() for p in ours.parameters())
+    assert total == sum(p.numel() for p in ref.parameters())
+    assert total == {"jnf": 2_952_475, "mopoe": 1_552_163}[name]
 
 
 @pytest.mark.reference
@@ -140,7 +204,7 @@ def test_a_pair_without_the_preset_is_an_error_naming_it() -> None:
 
 def test_the_training_half_resolves_from_the_preset_and_can_be_overridden() -> None:
     paper = resolve_training(RunConfig(model="jnf", dataset="polymnist", preset="paper"))
-    t = TRAINING["paper"]
+    t = TRAINING["paper"]["polymnist"]
     assert (
         (paper.validation, paper.validation_seed, paper.lr_patience, paper.keep_best)
         == (
@@ -155,7 +219,9 @@ def test_the_training_half_resolves_from_the_preset_and_can_be_overridden() -> N
     assert settings.validation == 0.1 and settings.keep_best and settings.lr_patience == 30
     plain = resolve_training(RunConfig(model="jnf"))
     assert (plain.validation, plain.lr_patience, plain.keep_best) == (0.0, None, False)
-    mine = resolve_training(RunConfig(model="jnf", preset="paper", lr_patience=5, validation=0.2))
+    mine = resolve_training(
+        RunConfig(model="jnf", dataset="polymnist", preset="paper", lr_patience=5, validation=0.2)
+    )
     assert (mine.validation, mine.lr_patience, mine.keep_best) == (0.2, 5, True)
     with pytest.raises(BenchError, match="--keep-best needs a validation split"):
         resolve_training(RunConfig(model="jnf", keep_best=True))

@@ -5,16 +5,17 @@ MultiVae (AgatheSenellart/MultiVae, 1.0.3) saves a model as a folder: ``model_co
 only), ``environment.json``, and, for user-given networks, ``encoders.pkl``/``decoders.pkl``
 (``flows.pkl``, ...): cloudpickled modules. The pickles are never read here (unpickling runs
 arbitrary code): the architecture is the suite's ``multivae`` nets
-(:mod:`mmvae_bench.nets.published`), and every tensor of ``model.pt`` is shape-checked
-against it, so a model built from other networks is refused, not guessed.
+(:mod:`mmvae_bench.nets.published`: MultiVae's PolyMNIST and MNIST-SVHN benchmark nets, by
+data shape), and every tensor of ``model.pt`` is shape-checked against it, so a model built
+from other networks is refused, not guessed.
 
 The conversion maps a MultiVae ``JNF``, ``MVAE``, ``MMVAE`` or ``MoPoE`` state dict onto the
 built-in model of the same name, each source tensor used exactly once:
 
-- an encoder ``EncoderConvMMNIST_adapted`` is our trunk (``shared_encoder`` convolutions) and
-  a Gaussian head whose weight is ``[class_mu; class_logvar]`` flattened (a 4x4 convolution on
-  a 4x4 map is a linear map of the flattened map); a ``DecoderConvMMNIST`` is our decoder with
-  the same layer indices;
+- an encoder (``EncoderConvMMNIST_adapted``, ``Encoder_VAE_SVHN``, ``Encoder_VAE_MLP``) is
+  our trunk and a Gaussian head whose weight is its mean and log-variance layers stacked (a
+  4x4 convolution on a 4x4 map flattened: it is a linear map of the flattened map); a decoder
+  (``DecoderConvMMNIST``, ``Decoder_VAE_SVHN``, ``Decoder_AE_MLP``) is ours layer for layer;
 - JNF's ``MultipleHeadJointEncoder``: its copies of the encoders are ``joint_encoders`` and
   ``joint_heads`` (only the means are read by either library), ``enc`` the merging MLP and
   ``fc1``/``fc2`` its Gaussian head; its MAF flows (pythae) are our flows with
@@ -41,7 +42,6 @@ from mmvae_bench.data.spec import MultimodalDataset
 from mmvae_bench.errors import BenchError
 from mmvae_bench.io import load_tensors
 from mmvae_bench.model import MultimodalVAE
-from mmvae_bench.nets import MMNIST_FEATURES
 
 if TYPE_CHECKING:
     from mmvae_bench.plugins import Registry
@@ -181,16 +181,19 @@ def config_values(folder: MultiVaeFolder, dataset: MultimodalDataset) -> dict[st
             f"decoder_dist_params[{m!r}].scale = {scale}; dataset {dataset.name!r} uses "
             f"{spec.scale}",
         )
+    rescale = bool(c.get("uses_likelihood_rescaling"))
+    factors = c.get("rescale_factors")
+    # MultiVae's default factors are the largest modality's size over each one's, as ours.
     need(
-        not c.get("uses_likelihood_rescaling"),
-        "uses_likelihood_rescaling is true; only unrescaled likelihoods are supported",
+        not rescale or factors is None or factors == dataset.likelihood_weights(),
+        f"rescale_factors = {factors}; the dataset's likelihood weights are "
+        f"{dataset.likelihood_weights()} (or give none: the same default)",
     )
     need(int(c.get("n_modalities", -1)) == len(dataset.specs), "n_modalities mismatch")
     values: dict[str, Any] = {
         "latent_dim": int(c["latent_dim"]),
         "nets": "multivae",
-        "features": MMNIST_FEATURES,
-        "rescale": False,
+        "rescale": rescale,
     }
     kind = folder.model_class
     if kind == "JNF":
@@ -262,13 +265,11 @@ class _Source:
         self.used.add(key)
         return self.state[key]
 
-    def head(self, prefix: str) -> tuple[Tensor, Tensor]:
-        """``[class_mu; class_logvar]`` of an adapted encoder as one linear map."""
-        mu_w, lv_w = (
-            self.take(f"{prefix}.class_mu.weight"),
-            self.take(f"{prefix}.class_logvar.weight"),
-        )
-        mu_b, lv_b = self.take(f"{prefix}.class_mu.bias"), self.take(f"{prefix}.class_logvar.bias")
+    def head(self, prefix: str, mu: str, logvar: str) -> tuple[Tensor, Tensor]:
+        """An encoder's mean and log-variance layers (linear, or 4x4 convolutions on a 4x4
+        map) as one linear map, mean rows first."""
+        mu_w, lv_w = self.take(f"{prefix}.{mu}.weight"), self.take(f"{prefix}.{logvar}.weight")
+        mu_b, lv_b = self.take(f"{prefix}.{mu}.bias"), self.take(f"{prefix}.{logvar}.bias")
         weight = torch.cat([mu_w.reshape(mu_w.shape[0], -1), lv_w.reshape(lv_w.shape[0], -1)])
         return weight, torch.cat([mu_b, lv_b])
 
@@ -276,55 +277,76 @@ class _Source:
 Mapping_ = dict[str, Tensor]
 
 
-def _trunk(src: _Source, prefix: str, to: str) -> Mapping_:
+# Per data shape, MultiVae's benchmark nets (nets/published.py): the encoder's layers
+# (theirs -> ours, weight and bias each), its mean/log-variance layer names, the decoder's.
+_ENCODERS: dict[tuple[int, ...], tuple[list[tuple[str, str]], tuple[str, str]]] = {
+    (3, 28, 28): (  # EncoderConvMMNIST_adapted
+        [(f"shared_encoder.{i}", f"net.{i}") for i in (0, 2, 4)],
+        ("class_mu", "class_logvar"),
+    ),
+    (3, 32, 32): ([(f"enc.{i}", f"net.{i}") for i in (0, 2, 4)], ("c1", "c2")),  # _VAE_SVHN
+    (1, 28, 28): ([("layers.0.0", "net.1"), ("layers.1.0", "net.3")], ("embedding", "log_var")),
+}
+_DECODERS: dict[tuple[int, ...], list[tuple[str, str]]] = {
+    (3, 28, 28): [(f"decoder.{i}", f"net.{i}") for i in (0, 3, 5, 7)],  # DecoderConvMMNIST
+    (3, 32, 32): [(f"dec.{i}", f"net.{i + 1}") for i in (0, 2, 4, 6)],  # Decoder_VAE_SVHN
+    (1, 28, 28): [("layers.0.0", "net.0"), ("layers.1.0", "net.2")],  # Decoder_AE_MLP
+}
+Shapes = dict[str, tuple[int, ...]]
+
+
+def _layers(src: _Source, pairs: list[tuple[str, str]], prefix: str, to: str) -> Mapping_:
     return {
-        f"{to}.net.{i}.{p}": src.take(f"{prefix}.shared_encoder.{i}.{p}")
-        for i in (0, 2, 4)
+        f"{to}.{ours}.{p}": src.take(f"{prefix}.{theirs}.{p}")
+        for theirs, ours in pairs
         for p in ("weight", "bias")
     }
 
 
-def _decoders(src: _Source, modalities: list[str]) -> Mapping_:
-    return {
-        f"decoders.{m}.net.{i}.{p}": src.take(f"decoders.{m}.decoder.{i}.{p}")
-        for m in modalities
-        for i in (0, 3, 5, 7)
-        for p in ("weight", "bias")
-    }
+def _encoder(src: _Source, shapes: Shapes, m: str, prefix: str, to: str, head: str) -> Mapping_:
+    """The trunk of ``prefix`` (an encoder of modality ``m``) to ``to``, its head to ``head``."""
+    pairs, (mu, logvar) = _ENCODERS[shapes[m]]
+    return _layers(src, pairs, prefix, to) | _linear(head, src.head(prefix, mu, logvar))
+
+
+def _decoders(src: _Source, shapes: Shapes) -> Mapping_:
+    out: Mapping_ = {}
+    for m, shape in shapes.items():
+        out |= _layers(src, _DECODERS[shape], f"decoders.{m}", f"decoders.{m}")
+    return out
 
 
 def _linear(to: str, wb: tuple[Tensor, Tensor]) -> Mapping_:
     return {f"{to}.weight": wb[0], f"{to}.bias": wb[1]}
 
 
-def _experts(src: _Source, modalities: list[str], trunk: str, head: str) -> Mapping_:
+def _experts(src: _Source, shapes: Shapes, trunk: str, head: str) -> Mapping_:
     out: Mapping_ = {}
-    for m in modalities:
-        out |= _trunk(src, f"encoders.{m}", f"experts.{m}.{trunk}")
-        out |= _linear(f"experts.{m}.{head}", src.head(f"encoders.{m}"))
+    for m in shapes:
+        to = f"experts.{m}"
+        out |= _encoder(src, shapes, m, f"encoders.{m}", f"{to}.{trunk}", f"{to}.{head}")
     return out
 
 
-def _map_mvae(src: _Source, modalities: list[str], ours: Mapping_) -> Mapping_:
-    return _experts(src, modalities, "0", "1.linear") | _decoders(src, modalities)
+def _map_mvae(src: _Source, shapes: Shapes, ours: Mapping_) -> Mapping_:
+    return _experts(src, shapes, "0", "1.linear") | _decoders(src, shapes)
 
 
-def _map_mmvae(src: _Source, modalities: list[str], ours: Mapping_) -> Mapping_:
+def _map_mmvae(src: _Source, shapes: Shapes, ours: Mapping_) -> Mapping_:
     mean = src.take("prior_mean")
     if bool(mean.abs().max() > 0):
         raise BenchError(f"{src.where}: prior_mean is not zero; the built-in MMVAE's prior is")
-    out = _experts(src, modalities, "encoder", "head") | _decoders(src, modalities)
+    out = _experts(src, shapes, "encoder", "head") | _decoders(src, shapes)
     return out | {"prior.logits": src.take("prior_log_var").reshape(-1)}
 
 
-def _map_jnf(src: _Source, modalities: list[str], ours: Mapping_) -> Mapping_:
+def _map_jnf(src: _Source, shapes: Shapes, ours: Mapping_) -> Mapping_:
     out: Mapping_ = {}
-    for m in modalities:
+    for m in shapes:
         joint = f"joint_encoder.encoders.{m}"
-        out |= _trunk(src, joint, f"joint_encoders.{m}")
-        out |= _linear(f"joint_heads.{m}.linear", src.head(joint))
-        out |= _trunk(src, f"encoders.{m}", f"unimodal_encoders.{m}")
-        out |= _linear(f"posteriors.{m}.base.linear", src.head(f"encoders.{m}"))
+        out |= _encoder(src, shapes, m, joint, f"joint_encoders.{m}", f"joint_heads.{m}.linear")
+        uni, base = f"unimodal_encoders.{m}", f"posteriors.{m}.base.linear"
+        out |= _encoder(src, shapes, m, f"encoders.{m}", uni, base)
         out |= _flows(src, m, ours)
     n = sum(1 for k in src.state if k.startswith("joint_encoder.enc.") and k.endswith(".0.weight"))
     for i in range(n):
@@ -332,7 +354,7 @@ def _map_jnf(src: _Source, modalities: list[str], ours: Mapping_) -> Mapping_:
             out[f"joint_merge.{2 * i}.{p}"] = src.take(f"joint_encoder.enc.{i}.0.{p}")
     fc = [src.take(f"joint_encoder.fc{j}.{p}") for j in (1, 2) for p in ("weight", "bias")]
     out |= _linear(f"joint_merge.{2 * n}.linear", (torch.cat(fc[0::2]), torch.cat(fc[1::2])))
-    return out | _decoders(src, modalities)
+    return out | _decoders(src, shapes)
 
 
 def _flows(src: _Source, m: str, ours: Mapping_) -> Mapping_:
@@ -372,7 +394,7 @@ def _flows(src: _Source, m: str, ours: Mapping_) -> Mapping_:
     return out
 
 
-_MAPPERS: dict[str, Callable[[_Source, list[str], Mapping_], Mapping_]] = {
+_MAPPERS: dict[str, Callable[[_Source, Shapes, Mapping_], Mapping_]] = {
     "JNF": _map_jnf,
     "MVAE": _map_mvae,
     "MMVAE": _map_mmvae,
@@ -390,7 +412,14 @@ def convert_state_dict(folder: MultiVaeFolder, model: MultimodalVAE) -> dict[str
     where = folder.path / WEIGHTS_FILE
     ours = model.state_dict()
     src = _Source(folder.state_dict, where)
-    mapped = _MAPPERS[folder.model_class](src, list(model.specs), ours)
+    shapes = {m: tuple(spec.shape) for m, spec in model.specs.items()}
+    unknown = {m: s for m, s in shapes.items() if s not in _ENCODERS}
+    if unknown:
+        raise BenchError(
+            f"{where}: no MultiVae benchmark nets for the shapes {unknown}; known: "
+            f"{', '.join('x'.join(map(str, s)) for s in _ENCODERS)}"
+        )
+    mapped = _MAPPERS[folder.model_class](src, shapes, ours)
     unused = sorted(set(folder.state_dict) - src.used)
     if unused:
         raise BenchError(

@@ -7,13 +7,14 @@ Unknown names are an error listing the known ones.
 
 Two families of encoders and decoders (``NetConfig.nets``): ``suite``, the suite's nets sized by
 ``width`` and ``features``, and ``multivae``, the layers of the published runs
-(:mod:`mmvae_bench.nets.published`), whose encoders end at a fixed feature size.
+(:mod:`mmvae_bench.nets.published`), chosen by the modality's shape, whose encoders end at a
+fixed feature size (:func:`encoder_features`; ``features`` does not apply).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 from torch import nn
 
@@ -37,7 +38,15 @@ from mmvae_bench.nets.classifiers import (
     SoundClassifier,
     SVHNClassifier,
 )
-from mmvae_bench.nets.published import MMNIST_FEATURES, MMNISTConvDecoder, MMNISTConvEncoder
+from mmvae_bench.nets.published import (
+    MMNIST_FEATURES,
+    MMNISTConvDecoder,
+    MMNISTConvEncoder,
+    MNISTMLPDecoder,
+    MNISTMLPEncoder,
+    SVHNConvDecoder,
+    SVHNConvEncoder,
+)
 
 __all__ = [
     "CLASSIFIERS",
@@ -49,6 +58,7 @@ __all__ = [
     "build_classifier",
     "build_decoder",
     "build_encoder",
+    "encoder_features",
     "flat_batch",
 ]
 
@@ -70,12 +80,16 @@ DECODERS: dict[str, Callable[[ModalitySpec, int, int], nn.Module]] = {
     "mlp": lambda s, d, w: MLPDecoder(d, s.shape, 16 * w),
 }
 NetFamily = Literal["suite", "multivae"]
-# The published runs' nets by spec name: (constructor, the encoder's output features).
-PUBLISHED_ENCODERS: dict[str, tuple[Callable[[ModalitySpec], nn.Module], int]] = {
-    "conv28": (lambda s: MMNISTConvEncoder(_channels(s)), MMNIST_FEATURES),
+# The published runs' nets by data shape: (constructor, the encoder's output features).
+PUBLISHED_ENCODERS: dict[tuple[int, ...], tuple[Callable[[ModalitySpec], nn.Module], int]] = {
+    (3, 28, 28): (lambda s: MMNISTConvEncoder(3), MMNIST_FEATURES),  # PolyMNIST
+    (1, 28, 28): (lambda s: MNISTMLPEncoder(s.shape), 512),  # MNIST of MNIST-SVHN
+    (3, 32, 32): (lambda s: SVHNConvEncoder(3), MMNIST_FEATURES),  # SVHN
 }
-PUBLISHED_DECODERS: dict[str, Callable[[ModalitySpec, int], nn.Module]] = {
-    "conv28": lambda s, d: MMNISTConvDecoder(d, _channels(s)),
+PUBLISHED_DECODERS: dict[tuple[int, ...], Callable[[ModalitySpec, int], nn.Module]] = {
+    (3, 28, 28): lambda s, d: MMNISTConvDecoder(d, 3),
+    (1, 28, 28): lambda s, d: MNISTMLPDecoder(d, s.shape),
+    (3, 32, 32): lambda s, d: SVHNConvDecoder(d, 3),
 }
 CLASSIFIERS: dict[str, Callable[[ModalitySpec, int], nn.Module]] = {
     "cnn28": lambda s, k: CNN28(_channels(s), k),
@@ -95,23 +109,42 @@ def _get(table: dict[str, Callable[..., nn.Module]], kind: str, name: str) -> Ca
         ) from None
 
 
+def _published(table: dict[tuple[int, ...], Any], spec: ModalitySpec, nets: str) -> Any:
+    try:
+        return table[tuple(spec.shape)]
+    except KeyError:
+        known = ", ".join("x".join(map(str, s)) for s in table)
+        raise BenchError(
+            f"nets={nets!r} has no net for modality {spec.name!r} of shape "
+            f"{'x'.join(map(str, spec.shape))}; it has nets for shapes {known}"
+        ) from None
+
+
+def encoder_features(spec: ModalitySpec, features: int, nets: NetFamily = "suite") -> int:
+    """The size of what :func:`build_encoder` gives for ``spec``: ``features``, or the
+    published net's fixed size with ``nets="multivae"``.
+
+    Example:
+        >>> spec = ModalitySpec(name="m0", shape=(3, 28, 28), kind="image")
+        >>> encoder_features(spec, 128), encoder_features(spec, 128, "multivae")
+        (128, 2048)
+    """
+    if nets == "suite":
+        return features
+    return _published(PUBLISHED_ENCODERS, spec, nets)[1]
+
+
 def build_encoder(
     spec: ModalitySpec, out_features: int, width: int = 16, nets: NetFamily = "suite"
 ) -> nn.Module:
     """Encoder named by ``spec.encoder``: ``(B, *spec.shape) -> (B, out_features)``.
 
-    With ``nets="multivae"`` the published net, whose output size is fixed: ``out_features``
-    must equal it (the error names the value to set ``features`` to).
+    With ``nets="multivae"`` the published net for the spec's shape, whose output size is
+    fixed (:func:`encoder_features`); ``out_features`` and ``width`` do not apply.
     """
     if nets == "suite":
         return _get(ENCODERS, "encoder", spec.encoder)(spec, out_features, width)
-    build, size = _get(PUBLISHED_ENCODERS, f"{nets} encoder", spec.encoder)
-    if out_features != size:
-        raise BenchError(
-            f"the {nets} '{spec.encoder}' encoder outputs {size} features; set features={size} "
-            f"(got {out_features})"
-        )
-    return build(spec)
+    return _published(PUBLISHED_ENCODERS, spec, nets)[0](spec)
 
 
 def build_decoder(
@@ -123,7 +156,7 @@ def build_decoder(
     """
     if nets == "suite":
         return _get(DECODERS, "decoder", spec.decoder)(spec, latent_dim, width)
-    return _get(PUBLISHED_DECODERS, f"{nets} decoder", spec.decoder)(spec, latent_dim)
+    return _published(PUBLISHED_DECODERS, spec, nets)(spec, latent_dim)
 
 
 def build_classifier(spec: ModalitySpec, n_classes: int) -> nn.Module:

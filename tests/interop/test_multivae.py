@@ -26,7 +26,7 @@ from mmvae_bench.interop.multivae import (
 )
 from mmvae_bench.plugins import load_registry
 from mmvae_bench.runner import resolve_model_config
-from tests.test_presets import REFERENCE, polymnist_specs_only
+from tests.test_presets import REFERENCE, mnist_svhn_specs_only, polymnist_specs_only
 
 pytest.importorskip("multivae", reason=REFERENCE)
 pytestmark = pytest.mark.reference
@@ -35,27 +35,43 @@ LATENT = 8
 runner = CliRunner()
 
 
-def save_multivae(kind: str, folder: Path, **options) -> Path:
-    """A tiny MultiVae ``kind`` on PolyMNIST's modalities, saved with ``model.save``."""
+def save_multivae(kind: str, folder: Path, dataset: str = "polymnist", **options) -> Path:
+    """A tiny MultiVae ``kind`` with a benchmark's nets, saved with ``model.save``.
+
+    ``polymnist``: the PolyMNIST benchmark's nets at latent 8; ``mnist-svhn``: the MNIST-SVHN
+    benchmark's (latent 20, likelihood rescaling; Laplace scale 0.75 as the suite's dataset).
+    """
     import multivae.models as mv
+    from multivae.models.nn.default_architectures import Decoder_AE_MLP, Encoder_VAE_MLP
     from multivae.models.nn.mmnist import DecoderConvMMNIST, EncoderConvMMNIST_adapted
+    from multivae.models.nn.svhn import Decoder_VAE_SVHN, Encoder_VAE_SVHN
     from pythae.models.base.base_config import BaseAEConfig
 
-    mods = list(SPECS)
+    if dataset == "polymnist":
+        dims = {m: (3, 28, 28) for m in SPECS}
+        latent, extra = LATENT, {}
+        enc = {m: EncoderConvMMNIST_adapted for m in dims}
+        dec = {m: DecoderConvMMNIST for m in dims}
+    else:
+        dims = {"mnist": (1, 28, 28), "svhn": (3, 32, 32)}
+        latent, extra = 20, {"uses_likelihood_rescaling": True}
+        enc = {"mnist": Encoder_VAE_MLP, "svhn": Encoder_VAE_SVHN}
+        dec = {"mnist": Decoder_AE_MLP, "svhn": Decoder_VAE_SVHN}
     base = {
-        "n_modalities": len(mods),
-        "latent_dim": LATENT,
-        "input_dims": {m: (3, 28, 28) for m in mods},
-        "decoders_dist": {m: "laplace" for m in mods},
-        "decoder_dist_params": {m: {"scale": 0.75} for m in mods},
+        "n_modalities": len(dims),
+        "latent_dim": latent,
+        "input_dims": dims,
+        "decoders_dist": {m: "laplace" for m in dims},
+        "decoder_dist_params": {m: {"scale": 0.75} for m in dims},
+        **extra,
         **options,
     }
-    net = BaseAEConfig(latent_dim=LATENT, style_dim=0, input_dim=(3, 28, 28))
+    nets = {m: BaseAEConfig(latent_dim=latent, style_dim=0, input_dim=d) for m, d in dims.items()}
     torch.manual_seed(0)
     model = getattr(mv, kind)(
         getattr(mv, f"{kind}Config")(**base),
-        encoders={m: EncoderConvMMNIST_adapted(net) for m in mods},
-        decoders={m: DecoderConvMMNIST(net) for m in mods},
+        encoders={m: enc[m](nets[m]) for m in dims},
+        decoders={m: dec[m](nets[m]) for m in dims},
     )
     with torch.no_grad():  # off the initialisation, so a swapped tensor shows
         for p in model.parameters():
@@ -77,23 +93,28 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
-@pytest.mark.parametrize("kind", list(SUPPORTED))
-def test_converted_weights_compute_what_the_reference_computes(kind: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("kind", "dataset"),
+    [*((k, "polymnist") for k in SUPPORTED), ("JNF", "mnist-svhn"), ("MoPoE", "mnist-svhn")],
+)
+def test_converted_weights_compute_what_the_reference_computes(
+    kind: str, dataset: str, tmp_path: Path
+) -> None:
     from multivae.models import AutoModel
 
-    folder = read_folder(save_multivae(kind, tmp_path / kind, **OPTIONS[kind]))
+    folder = read_folder(save_multivae(kind, tmp_path / kind, dataset, **OPTIONS[kind]))
     assert set(folder.files) == {"model_config.json", "model.pt"}
     assert "encoders.pkl" in folder.unread  # the pickled architectures are never read
     ref = AutoModel.load_from_folder(str(folder.path)).eval()
-    ds = polymnist_specs_only()
+    ds = polymnist_specs_only() if dataset == "polymnist" else mnist_svhn_specs_only()
     entry = load_registry().model(SUPPORTED[kind])
     ours = entry.cls(ds, resolve_model_config(entry, ds, {}, config_values(folder, ds))).eval()
     ours.load_state_dict(convert_state_dict(folder, ours))
     torch.manual_seed(1)
-    batch = {m: torch.rand(4, 3, 28, 28) for m in SPECS}
-    z = torch.randn(4, LATENT)
+    batch = {m: torch.rand(4, *s.shape) for m, s in ds.specs.items()}
+    z = torch.randn(4, ours.latent_dim)
     with torch.no_grad():
-        for m in SPECS:
+        for m in ds.specs:
             out = ref.encoders[m](batch[m])
             if kind == "JNF":
                 mu, logvar = ours.posteriors[m].base(ours.unimodal_encoders[m](batch[m]))
@@ -115,7 +136,7 @@ def test_converted_weights_compute_what_the_reference_computes(kind: str, tmp_pa
             assert _rel(mu, joint.embedding) < 1e-5
             assert _rel(logvar, joint.log_covariance) < 1e-5
         if kind == "MMVAE":  # MultiVae's prior scale is softmax * D, as ours
-            scale = torch.softmax(ref.prior_log_var, -1) * LATENT
+            scale = torch.softmax(ref.prior_log_var, -1) * ours.latent_dim
             assert _rel(ours.prior()[1], scale.reshape(-1)) < 1e-6
 
 
