@@ -194,8 +194,11 @@ __test__ = {
     """,
     "HMCSettings": """
     >>> from mmvae_bench.api import HMCSettings
-    >>> HMCSettings()
-    HMCSettings(steps=100, n_leapfrog=10, step_size=0.01)
+    >>> s = HMCSettings()
+    >>> s.kind, s.steps, s.n_leapfrog, s.step_size, s.gradient_evaluations
+    ('paper', 100, 10, 0.01, 1001)
+    >>> HMCSettings(kind="adaptive", warmup=20, steps=10, n_leapfrog=5).gradient_evaluations
+    151
     >>> HMCSettings(n_leapfrog=0)
     Traceback (most recent call last):
     ...

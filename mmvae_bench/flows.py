@@ -259,6 +259,34 @@ class ProductOfFlows:
             # d/dz of -prior_power * log N(z; 0, I) is +prior_power * z.
             return lp.sum(0) - self.prior_power * log_std_normal(z), grad + self.prior_power * z
 
+    def gaussian_product(self, samples: int = 32) -> tuple[Tensor, Tensor]:
+        """A Gaussian approximation of the target: mean and standard deviation, each (B, D).
+
+        Each expert q_j is summarised by a mean m_j and diagonal variance v_j, and the target's
+        Gaussian analogue is their product with the prior divided out ``prior_power`` times:
+        precision ``sum_j 1/v_j - prior_power``, mean ``sum_j m_j/v_j`` over it. Stacked JNF
+        experts are linearised (no sampling): m_j is the base mean pushed through the inverse
+        flow, v_j the base variance over the squared diagonal of the flow's Jacobian there
+        (off-diagonal terms ignored). Other experts use ``samples`` draws each. Where the
+        division leaves a precision below the widest expert's, that expert's precision and the
+        experts' precision-weighted mean are used (the exact product is then near-improper).
+        """
+        with torch.no_grad():
+            if self._stack is not None:
+                m, v = self._stack.linearised_moments()  # (E, B, D)
+            else:
+                draws = torch.stack([q.sample((samples,)) for q in self.experts])  # (E, K, B, D)
+                m, v = draws.mean(1), draws.var(1)
+            prec_e = 1.0 / v.clamp_min(torch.finfo(v.dtype).tiny)
+            weighted, total = (m * prec_e).sum(0), prec_e.sum(0)
+            prec = total - self.prior_power
+            floor = prec_e.min(0).values
+            ok = prec >= floor
+            mean = torch.where(
+                ok, weighted / prec.clamp_min(torch.finfo(v.dtype).tiny), weighted / total
+            )
+            return mean, torch.where(ok, prec, floor).rsqrt()
+
     def sample_experts(self, n: int) -> Tensor:
         """``(n, B, D)`` starting points: each chain a sample of one expert chosen at random."""
         with torch.no_grad():
@@ -433,6 +461,20 @@ class _MadeStack:
     def log_prob_and_grad(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """log q_j(z) per expert (E, *chains, B) and the gradient of their sum (*chains, B, D)."""
         return _kernel(_log_prob_and_grad)(z, self.mu, self.sigma, self.log_norm, self.blocks)
+
+    def linearised_moments(self) -> tuple[Tensor, Tensor]:
+        """Per expert: base mean pushed through the inverse flow, and the base variance over
+        the squared Jacobian diagonal of the flow there; each (E, B, D)."""
+        n_e, b = self.mu.shape[:2]
+        rows = torch.arange(b, device=self.mu.device)
+        points = torch.stack([self.invert(e, self.mu[e], rows) for e in range(n_e)])
+        # Every expert's flow at every expert's point (E x E, cheap), then the diagonal pairs.
+        saved = _forward(points, self.mu, self.sigma, self.log_norm, self.blocks, keep=True)[2]
+        jac = torch.ones_like(saved[0][0])  # (E experts, E points, B, D)
+        for s, *_ in saved:
+            jac = jac * s
+        idx = torch.arange(n_e, device=self.mu.device)
+        return points, (self.sigma / jac[idx, idx]) ** 2
 
     def invert(self, e: int, u: Tensor, rows: Tensor) -> Tensor:
         """z with flow_e(z) = u, for base points u (R, D) of datapoints ``rows`` (R,)."""

@@ -2,29 +2,66 @@
 
 Hand-written rather than taken from a library: the samplers we could use (Pyro, BlackJAX,
 TFP) either run one chain per call or pull in another framework; here every datapoint x every
-sample is one chain in one tensor, with per-chain Metropolis acceptance.
+sample is one chain in one tensor, with per-chain Metropolis acceptance and, for the adaptive
+sampler, a per-chain step size adapted in the same tensor.
+
+Two samplers (``HMCSettings.kind``):
+
+- ``paper``: the JNF paper's fixed step size (100 iterations x 10 leapfrog steps at 0.01).
+- ``adaptive``: ``warmup`` iterations of dual averaging (Hoffman & Gelman, 2014, "The No-U-Turn
+  Sampler", arXiv:1111.4246, Sec. 3.2) move each chain's log step size toward a target mean
+  acceptance; the averaged step is then frozen for the ``steps`` sampling iterations (frozen,
+  so the sampling iterations are a valid Markov chain). An optional per-chain diagonal
+  ``scale`` preconditions the dynamics (inverse mass matrix ``diag(scale^2)``), e.g. the
+  standard deviations of a Gaussian approximation of the target.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from mmvae_bench.errors import BenchError
 
-__all__ = ["HMCResult", "HMCSettings", "hmc_sample"]
+__all__ = ["HMCKind", "HMCResult", "HMCSettings", "hmc_sample"]
+
+HMCKind = Literal["paper", "adaptive"]  # fixed step size / dual-averaged per-chain step size
+
+# Dual averaging's constants (Hoffman & Gelman 2014, Sec. 3.2: "gamma = 0.05, t0 = 10,
+# kappa = 0.75"); the shrinkage point is log(10 * initial step).
+_DA_GAMMA, _DA_T0, _DA_KAPPA = 0.05, 10.0, 0.75
 
 
 @dataclass(frozen=True, kw_only=True)
 class HMCSettings:
-    """HMC settings (defaults: the JNF paper's 100 iterations x 10 leapfrog steps at 0.01)."""
+    """HMC settings (defaults: the JNF paper's 100 iterations x 10 leapfrog steps at 0.01).
 
-    steps: int = 100  # iterations, each with fresh N(0, I) momentum and an accept/reject
-    n_leapfrog: int = 10  # leapfrog steps per iteration
+    Attributes:
+        steps: sampling iterations, each with fresh N(0, I) momentum and an accept/reject.
+        n_leapfrog: leapfrog steps per iteration.
+        step_size: the step size (``paper``), or each chain's initial step (``adaptive``).
+        kind: ``paper`` (fixed step) or ``adaptive`` (dual averaging during ``warmup``).
+        warmup: ``adaptive`` only: iterations adapting the step before the ``steps``.
+        target_accept: ``adaptive`` only: the mean acceptance probability adapted toward.
+        adapt: ``adaptive`` only: ``chain`` adapts each chain's step from its own acceptance;
+            ``pooled`` adapts one step from the acceptance averaged over all chains of the call
+            (each chain's moves still scaled by its own ``scale``). One acceptance draw per
+            chain and iteration is noisy: per-chain steps scatter over a factor of several and
+            their frozen average lands above the target acceptance (tests/test_hmc.py).
+    """
+
+    steps: int = 100
+    n_leapfrog: int = 10
     step_size: float = 0.01
+    kind: HMCKind = "paper"
+    warmup: int = 0
+    target_accept: float = 0.8
+    adapt: Literal["chain", "pooled"] = "chain"
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.n_leapfrog < 1:
@@ -33,14 +70,34 @@ class HMCSettings:
             )
         if not self.step_size > 0:
             raise BenchError(f"HMC step_size must be > 0, got {self.step_size}")
+        if self.kind not in ("paper", "adaptive"):
+            raise BenchError(f"HMC kind must be 'paper' or 'adaptive', got {self.kind!r}")
+        if self.warmup < 0 or (self.kind == "paper" and self.warmup):
+            raise BenchError(
+                f"HMC warmup must be >= 0, and 0 for kind 'paper' (fixed step), got {self.warmup}"
+            )
+        if self.adapt not in ("chain", "pooled"):
+            raise BenchError(f"HMC adapt must be 'chain' or 'pooled', got {self.adapt!r}")
+        if not 0.0 < self.target_accept < 1.0:
+            raise BenchError(f"HMC target_accept must be in (0, 1), got {self.target_accept}")
+
+    @property
+    def gradient_evaluations(self) -> int:
+        """Target gradients per chain: one at the start, ``n_leapfrog`` per iteration."""
+        return (self.warmup + self.steps) * self.n_leapfrog + 1
 
 
 @dataclass
 class HMCResult:
-    """Final positions ``z`` (same shape as the start) and the mean acceptance rate."""
+    """Final positions ``z`` (same shape as the start) and the mean acceptance rate.
+
+    ``step_size`` is the mean step the sampling iterations used (the adapted one for
+    ``adaptive``); ``acceptance`` counts the sampling iterations only, not the warm-up.
+    """
 
     z: Tensor
     acceptance: float
+    step_size: float | None = None
 
 
 def _value_and_grad(log_prob: Callable[[Tensor], Tensor], z: Tensor) -> tuple[Tensor, Tensor]:
@@ -59,6 +116,8 @@ def hmc_sample(
     z0: Tensor,
     settings: HMCSettings,
     generator: torch.Generator | None = None,
+    *,
+    scale: Tensor | None = None,
 ) -> HMCResult:
     """Run HMC chains from ``z0`` on the unnormalised density ``log_prob``.
 
@@ -69,14 +128,30 @@ def hmc_sample(
             If it has a ``value_and_grad(z) -> (log_prob, gradient)`` method (e.g.
             :class:`mmvae_bench.flows.ProductOfFlows`), that is used instead of autograd.
         z0: starting positions ``(*chains, D)``.
-        settings: iterations, leapfrog steps and step size.
+        settings: the sampler (``kind``), iterations, leapfrog steps and step size.
         generator: optional RNG for momenta and acceptance draws.
+        scale: optional per-chain diagonal preconditioner, broadcastable to ``z0``: the
+            momentum's inverse mass matrix is ``diag(scale^2)``, so a step moves coordinate i
+            by about ``step_size * scale_i`` (None: the identity, as in the paper).
 
     Returns:
         :class:`HMCResult` with the final positions and the mean acceptance over chains and
-        iterations. Proposals with a non-finite energy are rejected, so an absurd step size
-        shows up as a low acceptance rate rather than as NaN samples.
+        sampling iterations. Proposals with a non-finite energy are rejected, so an absurd
+        step size shows up as a low acceptance rate rather than as NaN samples.
     """
+    if settings.kind == "paper" and scale is None:
+        return _paper(log_prob, z0, settings, generator)
+    return _adaptive(log_prob, z0, settings, generator, scale)
+
+
+def _paper(
+    log_prob: Callable[[Tensor], Tensor],
+    z0: Tensor,
+    settings: HMCSettings,
+    generator: torch.Generator | None,
+) -> HMCResult:
+    # The paper's sampler, operation for operation as it always ran (tests/test_hmc.py holds
+    # a copy of the original loop and checks equality bit for bit at one seed).
     eps = settings.step_size
     z = z0.detach().clone()
     lp, grad = _value_and_grad(log_prob, z)
@@ -104,4 +179,62 @@ def hmc_sample(
         grad = torch.where(accept.unsqueeze(-1), gn, grad)
         accepted += accept
     rate = (accepted.mean() / max(settings.steps, 1)).item() if settings.steps else 1.0
-    return HMCResult(z=z.detach(), acceptance=float(rate))
+    return HMCResult(z=z.detach(), acceptance=float(rate), step_size=eps)
+
+
+def _adaptive(
+    log_prob: Callable[[Tensor], Tensor],
+    z0: Tensor,
+    settings: HMCSettings,
+    generator: torch.Generator | None,
+    scale: Tensor | None,
+) -> HMCResult:
+    z = z0.detach().clone()
+    lp, grad = _value_and_grad(log_prob, z)
+    chains = z.shape[:-1]
+    s = torch.ones_like(z) if scale is None else scale.detach().to(z).expand_as(z)
+    # Per chain, all in tensors: the log step now, its running average, the averaged
+    # acceptance deficit (dual averaging's H-bar).
+    log_eps = torch.full((*chains, 1), math.log(settings.step_size), dtype=z.dtype, device=z.device)
+    log_eps_bar = log_eps.clone()
+    h_bar = torch.zeros_like(log_eps)
+    shrink_to = math.log(10.0 * settings.step_size)
+    accepted = torch.zeros(chains, device=z.device, dtype=z.dtype)
+
+    for it in range(settings.warmup + settings.steps):
+        adapting = it < settings.warmup
+        eps = log_eps.exp() if adapting else log_eps_bar.exp()
+        # Momentum in the preconditioned coordinates: p ~ N(0, I), dz = eps * s * p,
+        # dp = eps * s * grad; the kinetic energy stays |p|^2 / 2.
+        p0 = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        zn, pn, gn = z, p0 + 0.5 * eps * s * grad, grad
+        for k in range(settings.n_leapfrog):
+            zn = zn + eps * s * pn
+            lpn, gn = _value_and_grad(log_prob, zn)
+            if k < settings.n_leapfrog - 1:
+                pn = pn + eps * s * gn
+        pn = pn + 0.5 * eps * s * gn
+        h0 = -lp + 0.5 * (p0 * p0).sum(-1)
+        h1 = -lpn + 0.5 * (pn * pn).sum(-1)
+        log_alpha = torch.nan_to_num(h0 - h1, nan=-math.inf).clamp(max=0.0)
+        log_alpha = torch.where(torch.isfinite(h1), log_alpha, -math.inf)
+        u = torch.rand(h0.shape, generator=generator, device=z.device, dtype=z.dtype)
+        accept = torch.log(u) < log_alpha
+        z = torch.where(accept.unsqueeze(-1), zn, z)
+        lp = torch.where(accept, lpn, lp)
+        grad = torch.where(accept.unsqueeze(-1), gn, grad)
+        if adapting:
+            m = it + 1
+            w = 1.0 / (m + _DA_T0)
+            alpha = log_alpha.exp()[..., None]
+            if settings.adapt == "pooled":
+                alpha = alpha.mean().expand_as(alpha)
+            h_bar = (1.0 - w) * h_bar + w * (settings.target_accept - alpha)
+            log_eps = shrink_to - math.sqrt(m) / _DA_GAMMA * h_bar
+            eta = m**-_DA_KAPPA
+            log_eps_bar = eta * log_eps + (1.0 - eta) * log_eps_bar
+        else:
+            accepted += accept
+    eps_final = log_eps_bar.exp() if settings.warmup else log_eps.exp()
+    rate = (accepted.mean() / settings.steps).item() if settings.steps else 1.0
+    return HMCResult(z=z.detach(), acceptance=float(rate), step_size=float(eps_final.mean()))

@@ -14,7 +14,9 @@ Deliberate deviations from the reference code (MultiVae):
 - the prior is divided out |S|-1 times (the paper's Eq. 12); the reference divides once,
   which is wrong for |S| > 2;
 - HMC starts from a sample of one random expert of S (its flow applied); the reference starts
-  from that expert's base Gaussian, which is not the expert;
+  from that expert's base Gaussian, which is not the expert. The ``adaptive`` sampler
+  (``HMCSettings.kind``) starts from the Gaussian product of the experts' moments instead,
+  preconditions with its deviations and adapts each chain's step size during a warm-up;
 - the experts' encoders run once per HMC call, not at each of the 1,100 gradient evaluations,
   and the experts' flows run as one batched pass with a closed-form gradient
   (``ProductOfFlows``);
@@ -293,9 +295,17 @@ class JNF(MultimodalVAE):
         # once above; the target runs only the flows (all experts' MADE blocks in one batched
         # pass, gradient in closed form).
         target = ProductOfFlows(experts, prior_power=len(experts) - 1)
-        # Start each chain from a sample of one expert of S chosen at random per chain.
-        z0 = target.sample_experts(n)
-        result = hmc_sample(target, z0, settings)
+        if settings.kind == "paper":
+            # Start each chain from a sample of one expert of S chosen at random per chain.
+            z0 = target.sample_experts(n)
+            result = hmc_sample(target, z0, settings)
+        else:
+            # Start from the Gaussian product of the experts' moments (near the target's bulk,
+            # where an expert's sample lies in the product's tail for |S| >= 3) and precondition
+            # the dynamics with its standard deviations (BENCHMARKS.md, "HMC samplers").
+            mean, std = target.gaussian_product()
+            z0 = mean + std * torch.randn((n, *mean.shape), dtype=mean.dtype, device=mean.device)
+            result = hmc_sample(target, z0, settings, scale=std)
         return LatentSample(result.z, {"hmc_acceptance": result.acceptance})
 
     def decode(self, z: Tensor) -> dict[str, Tensor]:

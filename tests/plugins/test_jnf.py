@@ -105,6 +105,31 @@ def test_subset_inference_paths_and_shapes() -> None:
     assert gen["m1"].shape == (3, 5, 1, 28, 28) and gen["v"].shape == (3, 5, 6)
 
 
+def test_adaptive_hmc_starts_from_the_gaussian_product(monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = tiny_dataset()
+    model = make(ds).eval()
+    batch = {m: t[:5] for m, t in ds.test.x.items()}
+    sub = model.modalities[:2]
+    captured = {}
+    import plugins.jnf as jnf_mod
+
+    real = jnf_mod.hmc_sample
+
+    def spy(log_target, z0, settings, generator=None, *, scale=None):
+        captured.update(target=log_target, z0=z0, scale=scale)
+        return real(log_target, z0, settings, generator, scale=scale)
+
+    monkeypatch.setattr(jnf_mod, "hmc_sample", spy)
+    hmc = HMCSettings(kind="adaptive", warmup=3, steps=2, n_leapfrog=2, step_size=0.1)
+    out = model.encode(batch, sub, 4, hmc=hmc)
+    assert out.z.shape == (4, 5, 4) and 0.0 <= out.info["hmc_acceptance"] <= 1.0
+    mean, std = captured["target"].gaussian_product()
+    assert torch.equal(captured["scale"], std)  # preconditioned by the product's deviations
+    # the starts are draws of N(mean, std^2): standardised, they are O(1), not an expert's
+    assert ((captured["z0"] - mean) / std).abs().max() < 6.0
+    assert torch.isfinite(out.z).all()
+
+
 def test_poe_target_counts_prior_size_minus_one_times(monkeypatch: pytest.MonkeyPatch) -> None:
     # The density HMC samples for |S| = 3 is sum_j log q_j - 2 log p: check it on a point by
     # replacing the HMC run with a capture of the target.
