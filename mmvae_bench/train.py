@@ -372,6 +372,7 @@ def _run_stage(
                     best = (val, epoch + 1, _stage_state(model, stage))
             if plateau is not None:
                 plateau.step(last["val_loss"] if x_val is not None else last["loss"])
+                last["lr"] = float(_torch_optimizer(opt).param_groups[0]["lr"])  # next epoch's
             if on_epoch is not None:
                 on_epoch(stage.name, epoch, last)
     if best is not None:

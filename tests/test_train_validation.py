@@ -76,3 +76,26 @@ def test_keep_best_ends_each_stage_with_its_best_validation_epoch() -> None:
         # The stage ends with the parameters it had after its best epoch.
         kept = snapshots[report.name, best]
         assert all(torch.equal(state[k], v) for k, v in kept.items())
+
+
+def test_the_lr_drops_after_each_epoch_that_does_not_improve() -> None:
+    ds = tiny_dataset(n=48)
+    torch.manual_seed(0)
+    model = _model(ds)
+    settings = TrainSettings(progress=False, validation=0.25, lr_patience=0, epochs={"*": 4})
+    seen: list[tuple[str, float, float]] = []
+    train(
+        model,
+        ds,
+        Accelerator(cpu=True),
+        settings,
+        on_epoch=lambda stage, e, m: seen.append((stage, m["val_loss"], m["lr"])),
+    )
+    for stage in ("joint", "unimodal"):
+        rows = [(v, lr) for s, v, lr in seen if s == stage]
+        lr, best = 3e-2, float("inf")
+        for val, after in rows:  # ReduceLROnPlateau(mode="min", factor=0.1, patience=0)
+            lr = lr if val < best * (1 - 1e-4) else lr * 0.1
+            best = min(best, val)
+            assert after == pytest.approx(lr, rel=1e-9)
+    assert any(lr < 3e-2 for *_, lr in seen)  # the run did hit a plateau (else nothing tested)
