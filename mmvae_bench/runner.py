@@ -238,8 +238,13 @@ def run(
         get_classifiers(
             dataset, Path(cfg.cache_dir), device=device, weights_dir=cfg.classifier_weights
         )
-    # The training split goes on the device whole: too big is an error now, nothing written.
+    # The training split goes on the device whole, FID's reference set is the test split as
+    # uint8 RGB: too big is an error now, before anything is written.
     require_device_memory(dataset.name, dataset.train.nbytes, RESIDENT_SPLIT_HINT, device)
+    if fid is not None and cfg.evaluate:
+        from mmvae_bench.eval.fid import require_reference_memory
+
+        require_reference_memory(dataset)
     run_id = cfg.run_id or default_run_id(cfg)
     claimed = claim_run_dir(Path(cfg.out), run_id, mode)
     try:

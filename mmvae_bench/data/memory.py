@@ -87,13 +87,14 @@ def format_bytes(n: float) -> str:
     return f"{n:.0f} {units[k]}" if k == 0 or abs(n) >= 100 else f"{n:.3g} {units[k]}"
 
 
-def require_memory(dataset: str, nbytes: int, hint: str) -> None:
+def require_memory(dataset: str, nbytes: int, hint: str, *, purpose: str = "load") -> None:
     """Stop with a ``BenchError`` when ``nbytes`` exceed the memory available now.
 
     Args:
         dataset: registry name, for the message.
         nbytes: bytes the load is about to hold at its peak.
         hint: what reduces them (an option, a setting), as a clause for the message.
+        purpose: what needs them, as the message's verb phrase before the dataset's name.
     """
     available = available_memory_bytes()
     if available is None:
@@ -101,7 +102,7 @@ def require_memory(dataset: str, nbytes: int, hint: str) -> None:
         return
     if nbytes > available:
         raise BenchError(
-            f"not enough memory to load {dataset}: it needs about {format_bytes(nbytes)} "
+            f"not enough memory to {purpose} {dataset}: it needs about {format_bytes(nbytes)} "
             f"({nbytes} bytes), {format_bytes(available)} ({available} bytes) is available; "
             f"{hint}"
         )

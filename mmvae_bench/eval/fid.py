@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
 import pickle
 import re
 from collections.abc import Callable, Mapping
@@ -43,6 +44,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from mmvae_bench.data.memory import require_memory
 from mmvae_bench.data.spec import ModalitySpec, MultimodalDataset, Split, iter_batches
 from mmvae_bench.errors import BenchError
 from mmvae_bench.eval.protocol import FID, FID_EXTRACTORS, Protocol
@@ -64,6 +66,7 @@ __all__ = [
     "inception_weights_path",
     "load_inception_weights",
     "real_stats_path",
+    "require_reference_memory",
     "resolve_extractor",
     "split_uint8_rgb",
     "to_uint8_rgb",
@@ -158,6 +161,24 @@ def to_uint8_rgb(x: Tensor, spec: ModalitySpec) -> Tensor:
     x = ((x.detach().float() - lo) / (hi - lo)).clamp(0, 1)
     x = (x * 255).round().to(torch.uint8).cpu()
     return x.expand(-1, 3, -1, -1).contiguous() if x.shape[1] == 1 else x
+
+
+def require_reference_memory(dataset: MultimodalDataset) -> None:
+    """Stop with a ``BenchError`` when FID's reference set will not fit in memory.
+
+    The reference set is the whole test split of every FID modality as uint8 RGB (what
+    torch-fidelity reads); its size is known as soon as the dataset is, so the runner checks it
+    before anything is written and :func:`fid_metrics` again before building it.
+    """
+    mods = fid_modalities(dataset.specs)
+    nbytes = sum(len(dataset.test) * 3 * math.prod(dataset.specs[m].shape[1:]) for m in mods)
+    require_memory(
+        dataset.name,
+        nbytes,
+        "FID's reference set is the test split as uint8 RGB images; run without --fid "
+        "(coherence needs no reference set)",
+        purpose="build the FID reference set of",
+    )
 
 
 def split_uint8_rgb(split: Split, spec: ModalitySpec, batch_size: int = 1024) -> Tensor:
@@ -617,6 +638,7 @@ def fid_metrics(
     model.eval()
     n_gen = protocol.fid_samples or len(test)
     cond_test = test if n_gen >= len(test) else test.subset(torch.arange(n_gen))
+    require_reference_memory(dataset)
     real = {
         m: ImageTensorDataset(split_uint8_rgb(dataset.test, dataset.specs[m], protocol.batch_size))
         for m in mods

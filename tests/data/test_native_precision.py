@@ -234,3 +234,32 @@ def test_run_refuses_a_split_too_big_for_the_device_before_writing(
     assert "error: not enough memory on cpu for circles-squares" in res.output
     assert "--device cpu" in res.output and "Traceback" not in res.output
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_fid_reference_set_too_big_is_an_error_before_the_run_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from mmvae_bench.cli import app
+    from tests.tiny import TINY_JNF
+
+    toy = _dataset(48)  # two 1x16x16 FID modalities
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: 1000)
+    with pytest.raises(BenchError) as err:
+        fidlib.require_reference_memory(toy)
+    assert str(err.value).startswith(
+        "not enough memory to build the FID reference set of toy-discs: it needs about "
+    )
+    assert f"({2 * 48 * 3 * 16 * 16} bytes), 1000 B (1000 bytes)" in str(err.value)
+    assert "run without --fid" in str(err.value)
+    out = tmp_path / "runs"
+    args = ["run", "jnf", "--dataset", "circles-squares", "--epochs", "0", "--fid", *TINY_JNF]
+    res = CliRunner().invoke(
+        app, [*args, "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
+    )
+    assert res.exit_code == 2, res.output
+    assert (
+        "error: not enough memory to build the FID reference set of circles-squares" in res.output
+    )
+    assert not out.exists() or not any(out.iterdir())
