@@ -13,6 +13,9 @@ posterior. Three stages, in order:
 - ``projector``, ``dcca`` (Andrew et al. 2013, deep CCA):
   ``L = -sum_{i<j} sum_{top k} sv(S_ii^{-1/2} S_ij S_jj^{-1/2})``, S the batch covariances of
   the embeddings, ``r I`` added to S_ii;
+- ``projector``, ``random`` (a baseline, not in the paper): no stage; g_j(x_j) = W_j x_j, W_j a
+  fixed Gaussian matrix (entries N(0, 1/D), D the size of x_j) drawn at construction and never
+  trained, so what the unimodal posteriors see is not chosen for being shared;
 - ``joint``: JNF's beta-ELBO ``sum_j lambda_j E_q[log p(x_j|z)] - beta KL(q(z|X) || N(0,I))``;
 - ``unimodal``: ``L_uni = -sum_j E_{z~q(z|X)} log q_j(z | g_j(x_j))``, g and stage 1 frozen.
 
@@ -40,6 +43,9 @@ redistribution; everything here follows the papers):
   and gaps vanish too when the batch is smaller than ``dcca_dim`` (eigenvalue r repeated).
   Cholesky's backward has no such term; ``r > 0`` keeps S positive definite, so no eigenvalue
   clamping is needed. The loss runs in float64 with autocast off, then casts back.
+- random: W_j is a buffer, not a parameter: no optimizer can move it, and the checkpoint holds
+  it, so a reloaded model projects as the trained one did. Its output is not normalised: at
+  entries N(0, 1/D) it has about the input's root-mean-square scale per dimension.
 - g_j(x_j) for the training set is computed once when stage ``unimodal`` starts, alongside the
   joint posterior (``precompute``): a stage-2 step runs only the MLPs and flows.
 - JNF's constructor builds conv unimodal encoders that are replaced here by MLPs on g_j (a
@@ -48,6 +54,7 @@ redistribution; everything here follows the papers):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -67,9 +74,16 @@ from mmvae_bench.api import (
 )
 from plugins.jnf import JNF, JNFConfig
 
-__all__ = ["JNFShared", "JNFSharedConfig", "dcca_correlation", "multi_positive_nt_xent"]
+__all__ = [
+    "JNFShared",
+    "JNFSharedConfig",
+    "RandomProjection",
+    "dcca_correlation",
+    "multi_positive_nt_xent",
+]
 
-Projector = Literal["contrastive", "dcca"]
+Projector = Literal["contrastive", "dcca", "random"]
+PROJECTORS = ("contrastive", "dcca", "random")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,7 +93,7 @@ class JNFSharedConfig(JNFConfig):
     ``features`` is the width of the MLP on g_j(x_j) that feeds each flow posterior.
     """
 
-    projector: Projector = "contrastive"  # how g_j is pretrained (stage ``projector``)
+    projector: Projector = "contrastive"  # how g_j is made (random: fixed, no stage)
     epochs_projector: int = 20  # stage ``projector`` epochs
     lr_projector: float | None = None  # None: same as lr
     projector_batch_size: int | None = None  # None: 500 for dcca, batch_size for contrastive
@@ -89,15 +103,14 @@ class JNFSharedConfig(JNFConfig):
     dcca_dim: int = 20  # dcca: size of each view's embedding g_j
     dcca_top_k: int | None = None  # dcca: canonical correlations summed; None: all dcca_dim
     dcca_reg: float = 1e-3  # dcca: r added to each view's covariance diagonal
+    random_dim: int = 20  # random: size of each fixed random projection g_j
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.projector not in ("contrastive", "dcca"):
-            raise BenchError(
-                f"projector must be one of ['contrastive', 'dcca'], got {self.projector!r}"
-            )
+        if self.projector not in PROJECTORS:
+            raise BenchError(f"projector must be one of {list(PROJECTORS)}, got {self.projector!r}")
         self.require_at_least(0, "epochs_projector")
-        self.require_at_least(1, "common_dim", "shared_dim", "dcca_dim")
+        self.require_at_least(1, "common_dim", "shared_dim", "dcca_dim", "random_dim")
         self.require_positive("lr_projector", "temperature", "dcca_reg")
         if self.projector_batch_size is not None and self.projector_batch_size < 2:
             # Both losses compare samples within a batch: one sample has nothing to compare.
@@ -110,7 +123,8 @@ class JNFSharedConfig(JNFConfig):
     @property
     def projector_dim(self) -> int:
         """Size of g_j(x_j)."""
-        return self.shared_dim if self.projector == "contrastive" else self.dcca_dim
+        sizes = {"contrastive": self.shared_dim, "dcca": self.dcca_dim, "random": self.random_dim}
+        return sizes[self.projector]
 
 
 class JNFShared(JNF):
@@ -130,6 +144,13 @@ class JNFShared(JNF):
                 nn.Linear(c.common_dim, c.common_dim),
                 nn.SiLU(),
                 nn.Linear(c.common_dim, c.shared_dim),
+            )
+        elif c.projector == "random":
+            self.processors = nn.ModuleDict(
+                {
+                    m: RandomProjection(math.prod(s.shape), c.random_dim)
+                    for m, s in self.specs.items()
+                }
             )
         else:
             self.processors = nn.ModuleDict(
@@ -158,6 +179,8 @@ class JNFShared(JNF):
     @property
     def stages(self) -> list[Stage]:
         c = self.config
+        if c.projector == "random":  # nothing to train: g_j is fixed at construction
+            return super().stages
         contrastive = c.projector == "contrastive"
         default_batch = c.batch_size if contrastive else 500  # DCCA needs large batches
         projector = Stage(
@@ -178,7 +201,7 @@ class JNFShared(JNF):
 
     def precompute(self, batch: dict[str, Tensor], stage: str) -> dict[str, Tensor]:
         out = super().precompute(batch, stage)
-        if stage == "unimodal":  # the projectors are frozen from stage ``joint`` on
+        if stage == "unimodal":  # the projectors are frozen (or fixed) from stage ``joint`` on
             out.update({f"g_{m}": self.project(batch[m], m) for m in self.specs})
         return out
 
@@ -222,6 +245,21 @@ class JNFShared(JNF):
     ) -> torch.distributions.Distribution:
         """q_m(z | g_m(x_m)): batch shape (B,), event (latent_dim,)."""
         return self.shared_posterior(self.project(batch[m], m), m)
+
+
+class RandomProjection(nn.Module):
+    """x (B, *shape) -> x.flatten(1) @ W^T, W (out, D) drawn once from N(0, 1/D), never trained.
+
+    W is a buffer, so it is saved with the model and no optimizer sees it.
+    """
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        w = torch.randn(out_features, in_features) / math.sqrt(in_features)
+        self.register_buffer("weight", w)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.flatten(1).to(self.weight.dtype) @ self.weight.T
 
 
 # -- losses --------------------------------------------------------------------------------------
@@ -290,7 +328,7 @@ def mmvae_bench_models() -> list[ModelEntry]:
             cls=JNFShared,
             config=JNFSharedConfig,
             description="JNF-Shared: JNF with unimodal posteriors on pretrained shared "
-            "projections (contrastive or DCCA)",
+            "projections (contrastive or DCCA; random: an untrained baseline)",
             defaults={
                 # JNF's budget plus the projector stage (the paper: 100 epochs on PolyMNIST).
                 "polymnist-lite": {
@@ -306,6 +344,7 @@ def mmvae_bench_models() -> list[ModelEntry]:
                     "epochs_unimodal": 20,
                     "shared_dim": 4,
                     "dcca_dim": 4,
+                    "random_dim": 4,
                 },
             },
         )

@@ -263,6 +263,7 @@ def test_cached_and_recomputed_unimodal_losses_agree() -> None:
         ("temperature", -0.1),
         ("projector_batch_size", 1),
         ("dcca_top_k", 21),
+        ("random_dim", 0),
     ],
 )
 def test_config_rejects_bad_values_naming_the_field(field: str, value: object) -> None:
@@ -280,6 +281,45 @@ def test_dcca_variant_conforms() -> None:
     entry = load_registry().model("jnf-shared")
     small = {"flow_hidden": 16, "flow_layers": 1, "projector": "dcca", "dcca_dim": 6}
     check_model(entry, tiny_dataset(("image28", "vector"), n=8), overrides=small)
+
+
+# -- random projector (a baseline) ----------------------------------------------------------------
+def test_random_variant_conforms() -> None:
+    entry = load_registry().model("jnf-shared")
+    small = {"flow_hidden": 16, "flow_layers": 1, "projector": "random", "random_dim": 5}
+    check_model(entry, tiny_dataset(("image28", "vector"), n=8), overrides=small)
+
+
+def test_random_projector_has_no_stage_and_is_never_trained() -> None:
+    ds = tiny_dataset(("image28", "vector"), n=32)
+    model = make(ds, "random", random_dim=5)
+    assert [s.name for s in model.stages] == ["joint", "unimodal"]
+    assert not list(model.processors.parameters()), "the random projection has parameters"
+    before = {k: v.clone() for k, v in model.processors.state_dict().items()}
+    assert sorted(before) == ["m0.weight", "m1.weight"]
+    assert before["m0.weight"].shape == (5, 3 * 28 * 28)
+    # Entries N(0, 1/D): each row has squared norm about 1 (D = 2352: sd 0.03).
+    assert before["m0.weight"].pow(2).sum(1).sub(1).abs().max() < 0.2
+    stage2 = {k: v.clone() for k, v in model.unimodal_encoders.state_dict().items()}
+    acc = Accelerator(cpu=True)
+    train(model, ds, acc, TrainSettings(epochs={"joint": 1, "unimodal": 1}, progress=False))
+    after = model.processors.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "random projection changed"
+    moved = model.unimodal_encoders.state_dict()
+    assert any(not torch.equal(stage2[k], moved[k]) for k in stage2), "stage 2 idle"
+    # g_j is the linear map itself: g(a x) = a g(x), and it is what q_j sees.
+    x = ds.train.batch(slice(0, 4))["m0"]
+    g = model.project(x, "m0")
+    assert torch.allclose(g, x.flatten(1) @ before["m0.weight"].T, atol=1e-5)
+    assert torch.allclose(model.project(2 * x, "m0"), 2 * g, atol=1e-5)
+
+
+def test_random_projection_is_saved_with_the_model() -> None:
+    ds = vectors()
+    a, b = make(ds, "random"), make(ds, "random")
+    assert not torch.equal(a.processors["m0"].weight, b.processors["m0"].weight)
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a.processors["m0"].weight, b.processors["m0"].weight)
 
 
 def test_pairs_follow_combinations_order() -> None:
