@@ -21,6 +21,7 @@ from rich.text import Text
 from mmvae_bench.config import (
     DEFAULT_CACHE_DIR,
     Device,
+    HMCName,
     Precision,
     ProtocolName,
     RunConfig,
@@ -95,6 +96,10 @@ TrackingUriOpt = Annotated[
         "<out>/mlflow.db with artifacts in <out>/mlartifacts."
     ),
 ]
+HMC_HELP = (
+    "Sampler of the subset posteriors (JNF's HMC): paper (100x10 at step 0.01) or adaptive "
+    "(dual-averaged step, Gaussian-product start; BENCHMARKS.md, HMC samplers)."
+)
 SAMPLER_HELP = (
     "Where joint coherence and unconditional FID draw z from: prior, or gmm/flow fitted to the "
     "training set's joint embeddings after training (saved as <run>/sampler.pt)."
@@ -222,6 +227,7 @@ def run(
     protocol: Annotated[
         str | None, typer.Option(help="Evaluation protocol: full or quick (default: full).")
     ] = None,
+    hmc: Annotated[str | None, typer.Option(help=HMC_HELP + " Default: the protocol's.")] = None,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="Model config field, KEY=VALUE (repeatable)."),
@@ -301,6 +307,7 @@ def run(
         threads=threads,
         out=out,
         protocol=protocol_choice(quick, protocol),
+        hmc=None if hmc is None else coerce_value("--hmc", hmc, HMCName),
         data_dir=data_dir,
         cache_dir=cache_dir,
         epochs=parse_epochs(epochs),
@@ -451,6 +458,7 @@ def evaluate(
         str | None, typer.Option(help="Evaluation protocol: full or quick (default: the run's).")
     ] = None,
     quick: Annotated[bool, typer.Option(help="Use the quick evaluation protocol.")] = False,
+    hmc: Annotated[str | None, typer.Option(help=HMC_HELP + " Default: the run's.")] = None,
     fid: Annotated[bool, typer.Option(help="Compute FID per image modality.")] = True,
     fid_extractor: FIDExtractorOpt = None,
     inception_weights: InceptionWeightsOpt = None,
@@ -491,6 +499,7 @@ def evaluate(
             classifier_weights=classifier_weights,
             sampler=sampler,
             refit_sampler=refit_sampler,
+            hmc=None if hmc is None else coerce_value("--hmc", hmc, HMCName),
             device=resolve_device(device),
             threads=threads,
             status=say,

@@ -17,6 +17,7 @@ from mmvae_bench.errors import BenchError
 
 __all__ = [
     "DEFAULT_CACHE_DIR",
+    "HMCName",
     "MAX_SEED",
     "ProtocolName",
     "RunConfig",
@@ -34,6 +35,7 @@ Precision = Literal["no", "bf16", "fp16"]
 SamplerKind = Literal["prior", "gmm", "flow"]  # latent samplers, see mmvae_bench.samplers
 FIDKind = Literal["classifier", "inception"]  # FID feature extractors, see eval/fid.py
 ProtocolName = Literal["full", "quick"]  # evaluation protocols, see eval/protocol.py
+HMCName = Literal["paper", "adaptive"]  # subset-posterior samplers, see hmc.HMCKind
 TrackerKind = Literal["mlflow", "tensorboard"]  # experiment trackers, see tracking.py
 DEFAULT_CACHE_DIR = Path(".cache/mmvae-bench")  # built-in datasets, classifiers, FID statistics
 # Seeds reach torch, NumPy and scikit-learn; the last two take 0 <= seed < 2**32.
@@ -52,6 +54,8 @@ class RunConfig:
         threads: torch intra-op threads (see the CLI's ``--threads`` for the default's reason).
         out: folder that receives ``<run-id>/``.
         protocol: evaluation protocol name (``full`` or ``quick``).
+        hmc: the protocol's subset-posterior sampler (``paper`` or ``adaptive``); None: the
+            protocol's default (:data:`mmvae_bench.eval.protocol.DEFAULT_HMC`).
         data_dir: where published datasets live.
         cache_dir: where built-in datasets and classifiers are cached.
         epochs: per-stage epoch overrides, ``{stage: epochs}``; key ``"*"`` sets every stage.
@@ -90,6 +94,7 @@ class RunConfig:
     threads: int = 1
     out: Path = Path("runs")
     protocol: ProtocolName = "full"
+    hmc: HMCName | None = None
     data_dir: Path | None = None
     cache_dir: Path = DEFAULT_CACHE_DIR
     epochs: Mapping[str, int] = field(default_factory=dict)
@@ -137,6 +142,8 @@ class RunConfig:
             )
         if self.tracker is not None:
             coerce_value("tracker", self.tracker, TrackerKind)
+        if self.hmc is not None:
+            coerce_value("hmc", self.hmc, HMCName)
         if self.inception_weights is not None and self.fid != "inception":
             raise BenchError("inception_weights is only used with fid='inception'")
         for stage, n in self.epochs.items():

@@ -82,6 +82,13 @@ class HMCSettings:
             raise BenchError(f"HMC target_accept must be in (0, 1), got {self.target_accept}")
 
     @property
+    def label(self) -> str:
+        """Short description for tables: ``HMC 30x10`` or ``adaptive HMC (20+10)x5``."""
+        if self.kind == "paper":
+            return f"HMC {self.steps}x{self.n_leapfrog}"
+        return f"adaptive HMC ({self.warmup}+{self.steps})x{self.n_leapfrog}"
+
+    @property
     def gradient_evaluations(self) -> int:
         """Target gradients per chain: one at the start, ``n_leapfrog`` per iteration."""
         return (self.warmup + self.steps) * self.n_leapfrog + 1

@@ -224,7 +224,7 @@ def run(
         else None
     )
     cfg = resolve_training(cfg)
-    protocol = get_protocol(cfg.protocol)
+    protocol = get_protocol(cfg.protocol, cfg.hmc)
     device = resolve_device(cfg.device)
     fid = run_fid_settings(cfg)
     plugins = [_plugin_file(p) for p in cfg.plugins]
@@ -596,6 +596,7 @@ def evaluate_run(
     classifier_weights: Path | None = None,
     sampler: str | None = None,
     refit_sampler: bool = False,
+    hmc: str | None = None,
     device: torch.device | None = None,
     threads: int = 1,
     status: Status | None = None,
@@ -608,13 +609,19 @@ def evaluate_run(
     (default: the run's), an entry appended to ``evaluations``, and the sample grids redrawn.
     The latent sampler is loaded from ``sampler.pt`` when it is of the requested kind
     (default: the run's), else fitted with the run's seed and saved. Sampling is seeded by the
-    run's seed: evaluating twice gives the same numbers. Returns the updated record.
+    run's seed: evaluating twice gives the same numbers. The HMC sampler is ``hmc``
+    (default: the run's; records from before samplers were named ran the paper's). Returns
+    the updated record.
     """
     say = status or (lambda msg: None)
     dev = device or torch.device("cpu")
     with locked(Path(run_dir)):
         model, dataset, record = load_run(run_dir, registry, device=dev)
-        proto = get_protocol(protocol or record.protocol.get("name", "full"))
+        ran = record.protocol.get("hmc")
+        proto = get_protocol(
+            protocol or record.protocol.get("name", "full"),
+            hmc or (ran.get("kind", "paper") if isinstance(ran, dict) else None),
+        )
         if classifier_weights is not None:
             get_classifiers(
                 dataset,

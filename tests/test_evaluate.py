@@ -132,3 +132,19 @@ def test_a_run_that_failed_in_training_is_not_evaluated(tmp_path: Path) -> None:
     res = runner.invoke(app, ["evaluate", str(tmp_path), "--no-fid"])
     assert res.exit_code == 2 and "has not finished training (status 'failed')" in res.output
     assert "--resume" in res.output
+
+
+@pytest.mark.slow
+def test_evaluate_hmc_sampler_is_recorded_and_kept(run_dir: Path) -> None:
+    assert _record(run_dir)["protocol"]["hmc"]["kind"] == "paper"
+    args = ["evaluate", str(run_dir), "--no-fid", "--threads", "1"]
+    res = runner.invoke(app, [*args, "--hmc", "adaptive"])
+    assert res.exit_code == 0, res.output
+    record = _record(run_dir)
+    assert record["protocol"]["hmc"]["kind"] == "adaptive"
+    assert record["protocol"]["version"] == "quick-1-hmc-adaptive"
+    # Without --hmc the run's sampler stays; --hmc paper goes back to the paper's version.
+    assert runner.invoke(app, args).exit_code == 0
+    assert _record(run_dir)["protocol"]["version"] == "quick-1-hmc-adaptive"
+    assert runner.invoke(app, [*args, "--hmc", "paper"]).exit_code == 0
+    assert _record(run_dir)["protocol"]["version"] == "quick-1"

@@ -7,19 +7,21 @@ row.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from mmvae_bench.errors import BenchError
-from mmvae_bench.hmc import HMCSettings
+from mmvae_bench.hmc import HMCKind, HMCSettings
 
 __all__ = [
     "COND_COHERENCE",
     "COND_COHERENCE_BY_SIZE",
     "CLASSIFIER_ACCURACY",
     "FID",
+    "DEFAULT_HMC",
     "FID_EXTRACTORS",
     "HMC_ACCEPTANCE",
+    "HMC_SAMPLERS",
     "JOINT_COHERENCE",
     "JOINT_LABEL_HIST",
     "PROTOCOLS",
@@ -47,7 +49,8 @@ class Protocol:
         version: bumped whenever a setting changes; part of a leaderboard row's identity.
         test_samples: test datapoints used (a fixed-seed subsample); None = the whole test set.
         joint_samples: prior samples for joint coherence.
-        hmc: HMC settings for subset posteriors sampled by MCMC.
+        hmc: HMC settings for subset posteriors sampled by MCMC; ``hmc.kind`` names the
+            sampler (``paper`` or ``adaptive``, see :data:`HMC_SAMPLERS`).
         batch_size: evaluation batch size (results do not depend on it).
         fid_samples: generated samples per FID number; None = as many as test_samples.
         subsample_seed: seed of the test subsample.
@@ -69,31 +72,74 @@ class Protocol:
         return asdict(self)
 
 
+# The subset-posterior samplers each protocol offers (`--hmc`), as (version, settings). The
+# paper's sampler keeps the versions records have always carried, so its results stay in the
+# same leaderboard rows; the adaptive one has versions of its own. BENCHMARKS.md ("HMC
+# samplers") has the measurements behind the adaptive settings and the default.
+HMC_SAMPLERS: dict[str, dict[HMCKind, tuple[str, HMCSettings]]] = {
+    "full": {
+        "paper": ("full-1", HMCSettings(steps=100, n_leapfrog=10, step_size=0.01)),
+        "adaptive": (
+            "full-1-hmc-adaptive",
+            HMCSettings(
+                kind="adaptive", warmup=20, steps=10, n_leapfrog=5, step_size=0.5, adapt="pooled"
+            ),
+        ),
+    },
+    "quick": {
+        "paper": ("quick-1", HMCSettings(steps=30, n_leapfrog=10, step_size=0.01)),
+        "adaptive": (
+            "quick-1-hmc-adaptive",
+            HMCSettings(
+                kind="adaptive", warmup=20, steps=10, n_leapfrog=5, step_size=0.5, adapt="pooled"
+            ),
+        ),
+    },
+}
+DEFAULT_HMC: HMCKind = "paper"  # the sampler a protocol uses unless --hmc says otherwise
+
 PROTOCOLS: dict[str, Protocol] = {
     # The published settings: whole test set, 10,000 prior samples, HMC 100 x 10 at 0.01.
     "full": Protocol(
         name="full",
-        version="full-1",
+        version=HMC_SAMPLERS["full"][DEFAULT_HMC][0],
         test_samples=None,
         joint_samples=10_000,
-        hmc=HMCSettings(steps=100, n_leapfrog=10, step_size=0.01),
+        hmc=HMC_SAMPLERS["full"][DEFAULT_HMC][1],
     ),
     # CPU smoke runs: numbers are noisy and labelled as such.
     "quick": Protocol(
         name="quick",
-        version="quick-1",
+        version=HMC_SAMPLERS["quick"][DEFAULT_HMC][0],
         test_samples=500,
         joint_samples=1_000,
-        hmc=HMCSettings(steps=30, n_leapfrog=10, step_size=0.01),
+        hmc=HMC_SAMPLERS["quick"][DEFAULT_HMC][1],
         fid_samples=500,
-        label="quick protocol (CPU smoke run: 500 test points, HMC 30x10)",
+        label="quick protocol (CPU smoke run: 500 test points, "
+        f"{HMC_SAMPLERS['quick'][DEFAULT_HMC][1].label})",
     ),
 }
 
 
-def get_protocol(name: str) -> Protocol:
-    """The protocol registered as ``name``; unknown names list the known ones."""
+def get_protocol(name: str, hmc: str | None = None) -> Protocol:
+    """The protocol registered as ``name``, with the subset-posterior sampler ``hmc``.
+
+    ``hmc`` (``paper`` or ``adaptive``; None: the protocol's default, :data:`DEFAULT_HMC`)
+    picks the settings and the version from :data:`HMC_SAMPLERS`, so runs of different
+    samplers never share a leaderboard row. Unknown names list the known ones.
+    """
     try:
-        return PROTOCOLS[name]
+        base = PROTOCOLS[name]
     except KeyError:
         raise BenchError(f"unknown protocol '{name}'; available: {', '.join(PROTOCOLS)}") from None
+    if hmc is None or hmc == base.hmc.kind:
+        return base
+    samplers = HMC_SAMPLERS[name]
+    if hmc not in samplers:
+        raise BenchError(f"unknown HMC sampler '{hmc}' (--hmc); available: {', '.join(samplers)}")
+    version, settings = samplers[hmc]  # type: ignore[index]
+    if base.hmc.label in base.label:
+        label = base.label.replace(base.hmc.label, settings.label)
+    else:
+        label = f"{base.label}; {settings.label}" if base.label else settings.label
+    return replace(base, version=version, hmc=settings, label=label)
