@@ -287,16 +287,22 @@ class ProductOfFlows:
             )
             return mean, torch.where(ok, prec, floor).rsqrt()
 
-    def sample_experts(self, n: int) -> Tensor:
-        """``(n, B, D)`` starting points: each chain a sample of one expert chosen at random."""
+    def sample_experts(self, n: int, expert: int | None = None) -> Tensor:
+        """``(n, B, D)`` starting points: each chain a sample of one expert chosen at random
+        (of expert number ``expert`` for every chain when given)."""
         with torch.no_grad():
             if self._stack is None:
                 starts = torch.stack([q.sample((n,)) for q in self.experts])  # (k, n, B, D)
+                if expert is not None:
+                    return starts[expert]
                 pick = torch.randint(len(self.experts), starts.shape[1:3], device=starts.device)
                 return starts.gather(0, pick[None, :, :, None].expand(1, *starts.shape[1:]))[0]
             s = self._stack
             b, d = s.mu.shape[1:]
-            pick = torch.randint(s.n_experts, (n * b,), device=s.mu.device)
+            if expert is not None:
+                pick = torch.full((n * b,), expert, device=s.mu.device)
+            else:
+                pick = torch.randint(s.n_experts, (n * b,), device=s.mu.device)
             rows = torch.arange(n * b, device=s.mu.device) % b
             z = torch.empty(n * b, d, dtype=s.mu.dtype, device=s.mu.device)
             for e in range(s.n_experts):

@@ -249,3 +249,19 @@ def test_gaussian_product_of_flow_experts() -> None:
     fallback = ProductOfFlows([torch.distributions.Normal(q.sample((1,))[0], 1.0) for q in experts])
     fmean, fstd = fallback.gaussian_product(samples=4000)
     assert fmean.shape == fstd.shape == (4, 3) and torch.isfinite(fstd).all()
+
+
+def test_sample_experts_of_one_expert() -> None:
+    h = torch.randn(4, 6)
+    experts = [_affine_flow(s)(h) for s in (0, 1)]
+    target = ProductOfFlows(experts, prior_power=1)
+    for e, q in enumerate(experts):
+        z = target.sample_experts(3000, expert=e)
+        assert z.shape == (3000, 4, 3)
+        ref = q.sample((3000,))
+        assert torch.allclose(z.mean(0), ref.mean(0), atol=0.1)
+        assert torch.allclose(z.std(0), ref.std(0), rtol=0.1)
+    # the two experts differ by more than that tolerance, so a wrong pick fails
+    assert (
+        experts[0].sample((3000,)).mean(0) - experts[1].sample((3000,)).mean(0)
+    ).abs().max() > 0.3
