@@ -675,6 +675,13 @@ def sweep(
         ),
     ] = None,
     tracking_uri: TrackingUriOpt = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Only check the sweep (options, data, every grid point's model); no Ray.",
+        ),
+    ] = False,
 ) -> None:
     """Sweep a grid of configs x seeds on Ray Tune; each trial is an ordinary run."""
     from mmvae_bench import sweep as sweeps
@@ -697,6 +704,9 @@ def sweep(
     registry = _registry([Path(p) for p in values.get("plugins", [])])
     cfg = sweeps.sweep_config(values, registry)  # every check before Ray is imported
     sweeps.check_sweep_inputs(cfg, registry)
+    if check:
+        say(f"sweep {cfg.name}: {len(cfg.trials())} trials checked (--check: not run)")
+        return
     from mmvae_bench.tune import run_sweep
 
     summary = run_sweep(cfg, status=say)

@@ -1,8 +1,8 @@
-"""Pictures people look at: conditional sample grids (more figures live in leaderboard.py)."""
+"""Pictures people look at: conditional sample grids, 2-d latent maps (more in leaderboard.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -14,9 +14,10 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from mmvae_bench.data.spec import ModalitySpec, Split  # noqa: E402
+from mmvae_bench.io import atomic_write  # noqa: E402
 from mmvae_bench.model import MultimodalVAE  # noqa: E402
 
-__all__ = ["prior_grid", "sample_grid", "to_rgb"]
+__all__ = ["latent_maps", "prior_grid", "sample_grid", "to_rgb"]
 
 CELL = 32
 
@@ -125,3 +126,61 @@ def prior_grid(
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def latent_maps(
+    panels: Sequence[Sequence[tuple[str, Tensor]]],
+    labels: Tensor,
+    path: Path,
+    *,
+    class_names: Sequence[str] | None = None,
+    row_names: Sequence[str] = (),
+    title: str = "",
+) -> Path:
+    """Write a PNG of 2-d latent samples: a grid of scatter plots, points coloured by class.
+
+    ``panels[r][c]`` is ``(name, z)``, ``z`` (S, N, 2): S draws for each of N datapoints whose
+    classes are ``labels`` (N,). Every panel has the same limits (the 0.5-99.5% quantiles over
+    all panels, widened by 10%), so spreads and shapes compare across panels. Written
+    atomically.
+    """
+    labels = labels.detach().cpu().long()
+    classes = sorted(int(c) for c in labels.unique())
+    names = list(class_names) if class_names else [str(c) for c in classes]
+    rows, cols = len(panels), max(len(r) for r in panels)
+    every = torch.cat([z.detach().float().cpu().reshape(-1, 2) for r in panels for _, z in r])
+    lo, hi = every.quantile(0.005, dim=0), every.quantile(0.995, dim=0)
+    pad = 0.1 * (hi - lo).clamp_min(1e-3)
+    lo, hi = lo - pad, hi + pad
+    cmap = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows), squeeze=False)
+    for r, row in enumerate(panels):
+        for c in range(cols):
+            ax = axes[r][c]
+            if c >= len(row):
+                ax.axis("off")
+                continue
+            name, z = row[c]
+            z = z.detach().float().cpu()  # (S, N, 2)
+            for k in classes:
+                pts = z[:, labels == k].reshape(-1, 2)
+                ax.scatter(pts[:, 0], pts[:, 1], s=1.5, alpha=0.35, color=cmap(k % 10), lw=0)
+            ax.set_xlim(lo[0].item(), hi[0].item())
+            ax.set_ylim(lo[1].item(), hi[1].item())
+            ax.set_title(name, fontsize=8)
+            ax.tick_params(labelsize=6)
+            if c == 0 and r < len(row_names):
+                ax.set_ylabel(row_names[r], fontsize=8)
+    handles = [
+        plt.Line2D([], [], ls="", marker="o", color=cmap(k % 10), label=names[i])
+        for i, k in enumerate(classes)
+    ]
+    fig.legend(handles=handles, loc="upper right", fontsize=7, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    try:
+        atomic_write(Path(path), lambda f: fig.savefig(f, format="png", dpi=110))
+    finally:
+        plt.close(fig)
+    return Path(path)
