@@ -551,5 +551,6 @@ def test_every_sweep_file_key_is_a_command_line_option() -> None:
     from mmvae_bench.sweep import SWEEP_KEYS
 
     sweep = get_command(app).commands["sweep"]
-    names = {p.name for p in sweep.params} - {"config", "fid_extractor", "set_", "plugin"}
+    # --check (validate and stop) is an action of the command line, not a sweep setting.
+    names = {p.name for p in sweep.params} - {"config", "fid_extractor", "set_", "plugin", "check"}
     assert names | {"set", "plugins"} == set(SWEEP_KEYS)
