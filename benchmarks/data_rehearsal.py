@@ -318,8 +318,12 @@ def trials(root: Path, dataset: str, n: int) -> dict[str, Any]:
                 sync=sync,
                 n=n,
             )
+            # cwd: `python -c` puts the working directory first on sys.path, which would
+            # shadow a checkout given on PYTHONPATH
             procs.append(
-                subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+                subprocess.Popen(
+                    [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=sync
+                )
             )
         rows = []
         for p in procs:
