@@ -128,8 +128,8 @@ def print_sweep(summary: Any) -> None:
     if counts["unfinished"]:
         console.print(Text(f"continue with: --resume --name {summary.name}"))
     console.print(Text(f"summary: {summary.path / 'sweep.json'}"))
-    if summary.heatmap:
-        console.print(Text(f"heat map: {summary.heatmap}"))
+    for metric, path in summary.heatmaps.items():
+        console.print(Text(f"heat map ({metric}): {path}"))
 
 
 def models_table(registry: Any) -> Table:

@@ -51,7 +51,9 @@ __all__ = [
     "best_configs",
     "check_sweep_inputs",
     "finished_record",
+    "heatmap_metrics",
     "load_sweep_file",
+    "lower_is_better",
     "main_metrics",
     "merge_sweep_values",
     "parse_pairs",
@@ -101,6 +103,7 @@ SWEEP_KEYS = (
 )
 COND_1 = "cond_coherence_1"  # the sweep's headline metric: mean one-input coherence
 _LABELS = {COND_1: "conditional coherence from one modality", "joint_coherence": "joint coherence"}
+FID_PREFIX = "fid_"  # fid_<extractor>_<modality>: unconditional FID of a trial (lower is better)
 _SAFE = re.compile(r"[^A-Za-z0-9._=-]+")
 STATE_FILE = "sweep_config.json"  # what defines the trials; a resume must match it
 
@@ -232,12 +235,14 @@ class SweepSummary:
     axes: list[str]
     heatmap: Path | None
     wall_s: float
+    heatmaps: dict[str, Path] = field(default_factory=dict)  # metric -> heat map, COND_1's too
 
     def as_record(self) -> dict[str, Any]:
         """JSON-able form (``sweep.json``)."""
         d = dataclasses.asdict(self)
         d["path"] = str(self.path)
         d["heatmap"] = str(self.heatmap) if self.heatmap else None
+        d["heatmaps"] = {k: str(v) for k, v in self.heatmaps.items()}
         return d
 
 
@@ -481,13 +486,31 @@ def _fmt(v: Any) -> str:
 
 
 def main_metrics(record: RunRecord) -> dict[str, float]:
-    """A record's headline numbers: ``cond_coherence_<|S|>`` (mean over S) and joint coherence."""
+    """A record's headline numbers: ``cond_coherence_<|S|>`` (mean over S), joint coherence and
+    ``fid_<extractor>_<modality>``, each modality's unconditional FID."""
     m = record.metrics
     by_size = m.get(P.COND_COHERENCE_BY_SIZE, {})
     out = {f"cond_coherence_{k}": float(v["mean"]) for k, v in by_size.items() if "mean" in v}
     if P.JOINT_COHERENCE in m:
         out["joint_coherence"] = float(m[P.JOINT_COHERENCE])
+    for extractor, per_modality in m.get(P.FID, {}).items():
+        for modality, values in per_modality.items():
+            if isinstance(values, Mapping) and values.get("unconditional") is not None:
+                out[f"{FID_PREFIX}{extractor}_{modality}"] = float(values["unconditional"])
     return out
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller ``metric`` (a :func:`main_metrics` key) is the better one: FIDs."""
+    return metric.startswith(FID_PREFIX)
+
+
+def heatmap_metrics(trials: Sequence[TrialSummary]) -> list[str]:
+    """The metrics a sweep draws as heat maps: one-input coherence, joint coherence, each FID
+    (those some trial has)."""
+    have = {k for t in trials for k in t.metrics}
+    fids = sorted(k for k in have if lower_is_better(k))
+    return [k for k in (COND_1, "joint_coherence", *fids) if k in have]
 
 
 def trial_slug(params: Mapping[str, Any], seed: int) -> str:
@@ -551,7 +574,8 @@ def finished_record(cfg: RunConfig) -> RunRecord | None:
 
 
 def best_configs(trials: Sequence[TrialSummary]) -> dict[str, dict[str, Any]]:
-    """Per metric, the grid point with the highest mean over its finished seeds."""
+    """Per metric, the grid point with the best mean over its finished seeds (highest; lowest
+    for FIDs, see :func:`lower_is_better`)."""
     groups: dict[str, list[TrialSummary]] = {}
     for t in trials:
         groups.setdefault(json.dumps(t.params, sort_keys=True, default=str), []).append(t)
@@ -563,7 +587,8 @@ def best_configs(trials: Sequence[TrialSummary]) -> dict[str, dict[str, Any]]:
             if not vals:
                 continue
             mean = sum(vals) / len(vals)
-            if m not in best or mean > best[m]["mean"]:
+            better = mean < best[m]["mean"] if m in best and lower_is_better(m) else None
+            if m not in best or (better if better is not None else mean > best[m]["mean"]):
                 std = math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))
                 best[m] = {
                     "params": ts[0].params,
@@ -588,6 +613,8 @@ def write_heatmap(
 
     A cell averages every finished trial at that point (all seeds, and the other axes when the
     grid has more than two); it shows the mean and, when some trials failed, how many counted.
+    Coherences are drawn on [0, 1]; other metrics (FID) on the range of the cells, with the
+    colour scale reversed where lower is better, so the brightest cell is always the best.
     Written atomically (temp file + rename) as a PNG.
     """
     import matplotlib
@@ -616,15 +643,23 @@ def write_heatmap(
             if vals:
                 mean[i, j] = sum(vals) / len(vals)
     fig, ax = plt.subplots(figsize=(1.2 * len(xs) + 2.5, 0.9 * len(ys) + 1.8))
-    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")  # grey: no trial ok
-    img = ax.imshow(np.ma.masked_invalid(mean), cmap=cmap, vmin=0.0, vmax=1.0)
+    coherence = "coherence" in metric
+    lo, hi = (0.0, 1.0)
+    if not coherence and np.isfinite(mean).any():
+        lo, hi = float(np.nanmin(mean)), float(np.nanmax(mean))
+        hi = hi if hi > lo else lo + 1.0
+    name = "viridis_r" if lower_is_better(metric) else "viridis"
+    cmap = matplotlib.colormaps[name].with_extremes(bad="lightgrey")  # grey: no trial ok
+    img = ax.imshow(np.ma.masked_invalid(mean), cmap=cmap, vmin=lo, vmax=hi)
     for i in range(len(ys)):
         for j in range(len(xs)):
             n, total = counts[i][j]
-            text = f"{mean[i, j]:.3f}" if n else ("failed" if failed[i][j] else "n/a")
+            value = f"{mean[i, j]:.3f}" if coherence else f"{mean[i, j]:.4g}"
+            text = value if n else ("failed" if failed[i][j] else "n/a")
             if 0 < n < total:
                 text += f"\n{n}/{total}"
-            light = n > 0 and mean[i, j] < 0.6
+            shade = (mean[i, j] - lo) / (hi - lo)  # where the cell sits on the colour scale
+            light = n > 0 and (1 - shade if lower_is_better(metric) else shade) < 0.6
             ax.text(j, i, text, ha="center", va="center", fontsize=8, color="w" if light else "k")
     ax.set_xticks(range(len(xs)), [_fmt(x) for x in xs])
     ax.set_yticks(range(len(ys)) if y_axis else [], [_fmt(y) for y in ys] if y_axis else [])
@@ -634,6 +669,8 @@ def write_heatmap(
     others = [a for a in grid if a not in axes]
     over = ", ".join(["seeds", *others])
     label = _LABELS.get(metric, metric)
+    if lower_is_better(metric):
+        label = f"unconditional FID {metric.removeprefix(FID_PREFIX)}, lower is better"
     ax.set_title(f"{title}\n{label} (mean over {over})".strip(), fontsize=9)
     fig.colorbar(img, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()

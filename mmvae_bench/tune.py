@@ -51,6 +51,7 @@ from mmvae_bench.sweep import (
     TrialSummary,
     best_configs,
     finished_record,
+    heatmap_metrics,
     main_metrics,
     sweep_definition,
     trial_record,
@@ -519,12 +520,16 @@ def _summarize(cfg: SweepConfig, results: Any, wall_s: float) -> SweepSummary:
         wall_s=wall_s,
     )
     axes = cfg.heatmap or tuple(a for a in cfg.grid if len(cfg.grid[a]) > 1)[:2]
-    if axes and any(COND_1 in t.metrics for t in trials):
-        summary.heatmap = write_heatmap(
+    # heatmap.png: one-input coherence; heatmap-<metric>.png: joint coherence and each FID.
+    for metric in heatmap_metrics(trials) if axes else []:
+        name = "heatmap.png" if metric == COND_1 else f"heatmap-{metric}.png"
+        summary.heatmaps[metric] = write_heatmap(
             trials,
             cfg.grid,
             tuple(axes),
-            cfg.path / "heatmap.png",
+            cfg.path / name,
+            metric=metric,
             title=f"{cfg.run.model} on {cfg.run.dataset}",
         )
+    summary.heatmap = summary.heatmaps.get(COND_1)
     return summary

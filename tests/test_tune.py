@@ -554,3 +554,36 @@ def test_every_sweep_file_key_is_a_command_line_option() -> None:
     # --check (validate and stop) is an action of the command line, not a sweep setting.
     names = {p.name for p in sweep.params} - {"config", "fid_extractor", "set_", "plugin", "check"}
     assert names | {"set", "plugins"} == set(SWEEP_KEYS)
+
+
+def test_fid_heat_map_and_best_config_prefer_the_lowest_fid(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    metrics = {
+        "fid": {"classifier": {"mnist": {"unconditional": 12.5, "svhn": 30.0}, "svhn": {}}},
+        "joint_coherence": 0.4,
+    }
+    got = sweeps.main_metrics(SimpleNamespace(metrics=metrics))
+    assert got == {"joint_coherence": 0.4, "fid_classifier_mnist": 12.5}
+    key = "fid_classifier_mnist"
+    assert sweeps.lower_is_better(key) and not sweeps.lower_is_better("joint_coherence")
+
+    def trial(beta: float, fid: float, seed: int) -> sweeps.TrialSummary:
+        return sweeps.TrialSummary(
+            run_id=f"t{beta}-{seed}",
+            params={"beta": beta, "flow_depth": 1},
+            seed=seed,
+            status="ok",
+            metrics={key: fid, "cond_coherence_1": 0.9 if beta == 0.5 else 0.1},
+        )
+
+    trials = [trial(0.5, 40.0, 0), trial(0.5, 20.0, 1), trial(1.0, 25.0, 0), trial(1.0, 27.0, 1)]
+    best = sweeps.best_configs(trials)
+    assert best[key]["params"]["beta"] == 1.0 and best[key]["mean"] == pytest.approx(26.0)
+    assert best["cond_coherence_1"]["params"]["beta"] == 0.5  # highest coherence still wins
+    assert sweeps.heatmap_metrics(trials) == ["cond_coherence_1", key]
+    grid = {"beta": (0.5, 1.0), "flow_depth": (1,)}
+    path = sweeps.write_heatmap(
+        trials, grid, ("beta", "flow_depth"), tmp_path / "f.png", metric=key
+    )
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
