@@ -25,3 +25,30 @@ def test_prior_grid_decodes_the_given_sampler_not_the_prior(tmp_path: Path, monk
     )
     assert path.stat().st_size > 500
     assert len(decoded) == 1 and torch.equal(decoded[0], codes)
+
+
+def test_latent_maps_draw_every_panel_on_shared_limits(tmp_path: Path, monkeypatch) -> None:
+    from mmvae_bench import plots
+
+    labels = torch.tensor([0, 1, 0, 1, 1])
+    narrow = torch.randn(6, 5, 2) * 0.1
+    wide = torch.randn(6, 5, 2) * 10 + 3
+    figures = []
+    real = plots.plt.close
+    monkeypatch.setattr(plots.plt, "close", lambda fig: figures.append(fig) or real(fig))
+    path = plots.latent_maps(
+        [[("a", narrow), ("b", wide)], [("c", narrow)]],  # a short row: its spare axis is off
+        labels,
+        tmp_path / "maps.png",
+        class_names=["ring", "filled"],
+        row_names=["x1", "x2"],
+    )
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["maps.png"]  # no temp file left behind
+    [fig] = figures
+    drawn = [ax for ax in fig.axes if ax.axison]
+    assert [ax.get_title() for ax in drawn] == ["a", "b", "c"]
+    assert len({ax.get_xlim() for ax in drawn}) == 1  # one range for all: spreads compare
+    lo, hi = drawn[0].get_xlim()
+    assert lo < wide[..., 0].quantile(0.1) and hi > wide[..., 0].quantile(0.9)
+    assert all(len(ax.collections) == 2 for ax in drawn)  # one scatter per class
