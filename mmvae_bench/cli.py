@@ -753,6 +753,12 @@ def bench(
     ] = False,
     precision: Annotated[str, typer.Option(help="Training autocast: no, bf16, fp16.")] = "no",
     hmc_model: Annotated[str, typer.Option(help="Model whose subset posteriors use HMC.")] = "jnf",
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="paper: also time our JNF and MultiVae's side by side at the preset's sizes."
+        ),
+    ] = None,
     plugin: PluginOpt = None,
 ) -> None:
     """Performance suite: training samples/s per stage, HMC samples/s, protocol time, memory."""
@@ -774,6 +780,7 @@ def bench(
         compile=compile_,
         precision=coerce_value("--precision", precision, Precision),
         hmc_model=hmc_model,
+        preset=preset,
     )
     path = out or Path("benchmarks/perf") / f"{'quick' if quick else 'full'}-{dev.type}.json"
     record = run_bench(settings, registry, out=path, progress=say)

@@ -5,7 +5,8 @@ naive baselines of what was sped up measured side by side in the same process.
 One module per part: :mod:`~mmvae_bench.perf.archs` (the published architectures on synthetic
 tensors), :mod:`~mmvae_bench.perf.timing`, :mod:`~mmvae_bench.perf.training`,
 :mod:`~mmvae_bench.perf.inference`, :mod:`~mmvae_bench.perf.evaluation`,
-:mod:`~mmvae_bench.perf.suite` (settings, targets, the record) and
+:mod:`~mmvae_bench.perf.reference` (our JNF and MultiVae's in one process, equal sizes),
+:mod:`~mmvae_bench.perf.suite` (settings, ratios, the record) and
 :mod:`~mmvae_bench.perf.report` (tables). Recorded results live in ``benchmarks/perf/``.
 """
 

@@ -22,7 +22,7 @@ def _duration(s: float) -> str:
 
 
 def tables(record: dict[str, Any]) -> list[Table]:
-    """One table per section of ``record`` (training, HMC, evaluation, ratios, targets)."""
+    """One table per section of ``record`` (training, HMC, evaluation, ratios, reference)."""
     env = record["environment"]
     where = f"{env['device']}, {env['threads']} thread(s), {record['mode']} mode"
     out = []
@@ -85,21 +85,56 @@ def tables(record: dict[str, Any]) -> list[Table]:
         for r in record["ratios"]:
             t.add_row(r["what"], r["vs"], f"{r['speedup']:.2f}x")
         out.append(t)
-    if record.get("targets"):
-        title = "targets vs the reference figures (reference: 2-core CPU, 2 threads, quiet)"
-        if any("note" in r for r in record["targets"]):
-            title += " — GPU figures: context only"
-        t = Table(title=title)
-        for col in ("target", "measured", "reference", "ratio", "wanted", "met"):
-            t.add_column(col)
-        for r in record["targets"]:
-            t.add_row(
-                r["target"],
-                f"{r['measured']:.4g}",
-                f"{r['reference']:.4g}",
-                f"{r['ratio']:.2f}x",
-                f">= {r['wanted_ratio']}x",
-                "[green]yes[/]" if r["met"] else "[red]no[/]",
-            )
-        out.append(t)
+    ref = record.get("reference")
+    if ref and "skipped" in ref:
+        out.append(Table(title=f"same-process comparison with MultiVae skipped: {ref['skipped']}"))
+    elif ref:
+        out.append(_reference_table(ref, where))
     return out
+
+
+def _reference_table(ref: dict[str, Any], where: str) -> Table:
+    """Our JNF and MultiVae's, alternated in this process: medians, spreads, ratios."""
+    p = ref["parameters"]
+    n = ref["settings"]["repeats"]
+    t = Table(
+        title=f"JNF vs MultiVae in this process, alternating, {n} rounds ({where}; "
+        f"parameters: ours {p['ours']:,}, MultiVae {p['reference']:,})"
+    )
+    for col in ("what", "unit", "ours (IQR)", "MultiVae (IQR)", "speed-up", "per round"):
+        t.add_column(col)
+
+    def cells(row: dict[str, Any]) -> tuple[str, str]:
+        r = row["ratio"]
+        return f"{r['speedup']:.2f}x", f"{r['per_round_min']:.2f}–{r['per_round_max']:.2f}x"
+
+    for stage, row in ref["training"].items():
+        o, m = row["ours"]["per_s"], row["reference"]["per_s"]
+        t.add_row(
+            f"stage {stage}",
+            "samples/s",
+            f"{_num(o['median'])} ({_spread(o)})",
+            f"{_num(m['median'])} ({_spread(m)})",
+            *cells(row),
+        )
+    h = ref["hmc"]
+    s = h["hmc"]
+    what = f"|S|=2 HMC {s['steps']}x{s['n_leapfrog']} @ {s['step_size']}, {h['chains']} chains"
+    o, m = h["ours"]["s_per_call"], h["reference"]["s_per_call"]
+    t.add_row(
+        what,
+        "s / call",
+        f"{o['median_s']:.3g} ({o['q1_s']:.3g}–{o['q3_s']:.3g})",
+        f"{m['median_s']:.3g} ({m['q1_s']:.3g}–{m['q3_s']:.3g})",
+        *cells(h),
+    )
+    if h["extrapolated_to_paper_hmc"]:
+        t.add_row(
+            "  at 100x10, extrapolated linearly",
+            "s / 128 samples",
+            f"{h['ours']['s_per_128_samples_at_paper_hmc']:.3g}",
+            f"{h['reference']['s_per_128_samples_at_paper_hmc']:.3g}",
+            "",
+            "",
+        )
+    return t

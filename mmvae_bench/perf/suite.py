@@ -1,4 +1,4 @@
-"""The performance suite: settings, the sections it runs, the issue's targets, the JSON record."""
+"""The performance suite: settings, the sections it runs, same-process ratios, the JSON record."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from mmvae_bench.errors import BenchError
 from mmvae_bench.eval.protocol import PROTOCOLS, Protocol
 from mmvae_bench.hmc import HMCSettings
 from mmvae_bench.io import atomic_write_json
+from mmvae_bench.perf import reference as same_process
 from mmvae_bench.perf.archs import ARCHS, get_arch
 from mmvae_bench.perf.evaluation import protocol_time, random_classifiers
 from mmvae_bench.perf.inference import hmc_throughput, unimodal_throughput
@@ -28,17 +29,21 @@ from mmvae_bench.perf.training import stage_throughput
 from mmvae_bench.plugins import Registry
 from mmvae_bench.results import environment, now
 
-__all__ = ["REFERENCE", "SECTIONS", "BenchSettings", "run_bench"]
+__all__ = ["PRESETS", "REFERENCE", "SECTIONS", "BenchSettings", "run_bench"]
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 SCHEMA = 1
-SECTIONS = ("training", "hmc", "evaluation")
+SECTIONS = ("training", "hmc", "evaluation", "reference")
+DEFAULT_SECTIONS = SECTIONS[:3]  # "reference" runs with --preset paper, or when named
+PRESETS = ("paper",)
 
-# The reference JNF implementation, PolyMNIST architecture, batch 128, measured on this
-# project's 2-core CPU machines with 2 torch threads on a quiet machine (issue 7).
+# Context only, no ratio is computed from these: the reference JNF code measured in another
+# run (issue 7: PolyMNIST architecture, batch 128, 2 torch threads, a quiet 2-core machine, the
+# reference model larger than ours at the suite's sizes). Ratios against the reference come
+# from the same-process comparison (the ``reference`` section, ``--preset paper``).
 REFERENCE: dict[str, Any] = {
-    "conditions": "reference JNF code, 2-core CPU, 2 torch threads, quiet machine (issue 7)",
+    "conditions": "context only: reference JNF code, another run, 2 threads, quiet (issue 7)",
     "stage_joint_samples_per_s": [360.0, 375.0],
     "stage_unimodal_samples_per_s": [263.0, 271.0],
     "unimodal_encode_s_per_128": 0.53,
@@ -57,7 +62,9 @@ class BenchSettings:
         threads: torch intra-op threads.
         models: registry names to time in training; None: every registered model.
         archs: architectures for training (``polymnist``, ``mhd``, ``mnist-svhn``).
-        sections: which of ``training``, ``hmc``, ``evaluation`` to run.
+        sections: which of ``training``, ``hmc``, ``evaluation``, ``reference`` to run.
+        preset: ``paper``: also run ``reference``, our JNF and MultiVae's side by side in this
+            process at the preset's (equal) sizes (:mod:`mmvae_bench.perf.reference`).
         compile: also time the ``hmc_model``'s training, HMC and evaluation compiled
             (:func:`~mmvae_bench.train.compile_submodules`,
             :func:`~mmvae_bench.flows.compile_kernels`).
@@ -71,13 +78,16 @@ class BenchSettings:
     threads: int = 1
     models: tuple[str, ...] | None = None
     archs: tuple[str, ...] = tuple(ARCHS)
-    sections: tuple[str, ...] = SECTIONS
+    sections: tuple[str, ...] = DEFAULT_SECTIONS
     compile: bool = False
     precision: Precision = "no"
     hmc_model: str = "jnf"
     seed: int = 0
+    preset: str | None = None
 
     def __post_init__(self) -> None:
+        if self.preset is not None and self.preset not in PRESETS:
+            raise BenchError(f"unknown bench preset {self.preset!r}; available: paper")
         if self.threads < 1:
             raise BenchError(f"threads must be >= 1, got {self.threads}")
         unknown = [s for s in self.sections if s not in SECTIONS]
@@ -102,6 +112,19 @@ class BenchSettings:
     @property
     def chains(self) -> int:
         return 16 if self.quick else 128
+
+    @property
+    def runs_reference(self) -> bool:
+        return self.preset == "paper" or "reference" in self.sections
+
+    @property
+    def reference(self) -> same_process.CompareSettings:
+        """The same-process comparison's sizes: the paper preset's, or a smoke run's."""
+        if self.quick:
+            return same_process.CompareSettings(
+                latent_dim=8, batch_size=8, train_steps=2, chains=4, hmc_steps=2, repeats=2
+            )
+        return same_process.CompareSettings(seed=self.seed)
 
 
 def run_bench(
@@ -128,7 +151,7 @@ def run_bench(
         # The process before any measurement (torch alone maps ~0.7 GiB here): RSS rows are
         # process peaks, so read them against this.
         "baseline_memory": peak_memory_mib(device),
-        "reference": REFERENCE,
+        "reference_context": REFERENCE,
     }
 
     def save() -> None:
@@ -144,8 +167,14 @@ def run_bench(
     if "evaluation" in settings.sections:
         record["evaluation"] = _evaluation(settings, registry, device, say)
         save()
+    if settings.runs_reference:
+        if same_process.available():
+            record["reference"] = same_process.compare(settings.reference, registry, device, say)
+        else:
+            record["reference"] = {"skipped": same_process.MISSING}
+            say(f"reference comparison skipped: {same_process.MISSING}")
+        save()
     record["ratios"] = ratios(record)
-    record["targets"] = targets(record)
     record["load_average"]["end"] = list(os.getloadavg())
     record["peak_memory"] = peak_memory_mib(device)
     record["wall_s"] = time.perf_counter() - t_start
@@ -308,52 +337,6 @@ def ratios(record: dict[str, Any]) -> list[dict[str, Any]]:
                     }
                 )
     return out
-
-
-def targets(record: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets against the reference figures (full mode, PolyMNIST architecture)."""
-    if record["mode"] != "full":
-        return []
-    out: list[dict[str, Any]] = []
-    ref = REFERENCE
-    train = record.get("training", [])
-    for stage, key, want in (
-        ("joint", "stage_joint_samples_per_s", 1.5),
-        ("unimodal", "stage_unimodal_samples_per_s", 2.5),
-    ):
-        row = _find(train, model="jnf", arch="polymnist", stage=stage, variant="ours")
-        if row:
-            got = row["samples_per_s"]["median"]
-            ratio = got / ref[key][1]  # against the faster end of the reference's range
-            out.append(_target(f"stage {stage} samples/s", got, ref[key][1], ratio, want))
-    hmc = record.get("hmc", [])
-    for variant in ("ours", "ours (compiled)"):
-        row = _find(hmc, subset_size=2, variant=variant)
-        if row:
-            got = row["s_per_128_samples"]
-            ratio = ref["hmc_s_per_128"]["2"] / got
-            out.append(_target(f"|S|=2 HMC s/128 samples, {variant}", got, 39.0, ratio, 20.0))
-    for row in record.get("evaluation", []):
-        if row["protocol"] == "full":
-            got = row["total_s"]
-            name = "full protocol s" + (" (compiled)" if row.get("compiled") else "")
-            name += " (extrapolated)" if row.get("extrapolated") else ""
-            out.append(_target(name, got, 3600.0, 3600.0 / got, 1.0))
-    if not str(record["environment"]["device"]).startswith("cpu"):
-        for t in out:  # the issue's targets are for the 2-core CPU the reference ran on
-            t["note"] = "GPU figure against the CPU reference: context, not the issue's target"
-    return out
-
-
-def _target(name: str, measured: float, reference: float, ratio: float, want: float) -> dict:
-    return {
-        "target": name,
-        "measured": measured,
-        "reference": reference,
-        "ratio": ratio,
-        "wanted_ratio": want,
-        "met": ratio >= want,
-    }
 
 
 def _cpu_name() -> str:
