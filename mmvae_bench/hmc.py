@@ -53,6 +53,8 @@ class HMCSettings:
             (each chain's moves still scaled by its own ``scale``). One acceptance draw per
             chain and iteration is noisy: per-chain steps scatter over a factor of several and
             their frozen average lands above the target acceptance (tests/test_hmc.py).
+        precondition: ``adaptive`` only: the model passes a diagonal preconditioner (JNF: the
+            deviations of its Gaussian-product start) as ``hmc_sample``'s ``scale``.
     """
 
     steps: int = 100
@@ -62,6 +64,7 @@ class HMCSettings:
     warmup: int = 0
     target_accept: float = 0.8
     adapt: Literal["chain", "pooled"] = "chain"
+    precondition: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.n_leapfrog < 1:
@@ -76,6 +79,8 @@ class HMCSettings:
             raise BenchError(
                 f"HMC warmup must be >= 0, and 0 for kind 'paper' (fixed step), got {self.warmup}"
             )
+        if self.kind == "paper" and self.precondition:
+            raise BenchError("HMC precondition needs kind 'adaptive' (the paper's has none)")
         if self.adapt not in ("chain", "pooled"):
             raise BenchError(f"HMC adapt must be 'chain' or 'pooled', got {self.adapt!r}")
         if not 0.0 < self.target_accept < 1.0:
@@ -86,7 +91,8 @@ class HMCSettings:
         """Short description for tables: ``HMC 30x10`` or ``adaptive HMC (20+10)x5``."""
         if self.kind == "paper":
             return f"HMC {self.steps}x{self.n_leapfrog}"
-        return f"adaptive HMC ({self.warmup}+{self.steps})x{self.n_leapfrog}"
+        pre = ", preconditioned" if self.precondition else ""
+        return f"adaptive HMC ({self.warmup}+{self.steps})x{self.n_leapfrog}{pre}"
 
     @property
     def gradient_evaluations(self) -> int:

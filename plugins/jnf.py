@@ -15,8 +15,8 @@ Deliberate deviations from the reference code (MultiVae):
   which is wrong for |S| > 2;
 - HMC starts from a sample of one random expert of S (its flow applied); the reference starts
   from that expert's base Gaussian, which is not the expert. The ``adaptive`` sampler
-  (``HMCSettings.kind``) starts from the Gaussian product of the experts' moments instead,
-  preconditions with its deviations and adapts each chain's step size during a warm-up;
+  (``HMCSettings.kind``) starts from the Gaussian product of the experts' moments instead
+  and adapts the step size during a warm-up;
 - the experts' encoders run once per HMC call, not at each of the 1,100 gradient evaluations,
   and the experts' flows run as one batched pass with a closed-form gradient
   (``ProductOfFlows``);
@@ -301,11 +301,11 @@ class JNF(MultimodalVAE):
             result = hmc_sample(target, z0, settings)
         else:
             # Start from the Gaussian product of the experts' moments (near the target's bulk,
-            # where an expert's sample lies in the product's tail for |S| >= 3) and precondition
-            # the dynamics with its standard deviations (BENCHMARKS.md, "HMC samplers").
+            # where an expert's sample lies in the product's tail), optionally preconditioned
+            # by its deviations (BENCHMARKS.md, "HMC samplers": measured, it is not a win).
             mean, std = target.gaussian_product()
             z0 = mean + std * torch.randn((n, *mean.shape), dtype=mean.dtype, device=mean.device)
-            result = hmc_sample(target, z0, settings, scale=std)
+            result = hmc_sample(target, z0, settings, scale=std if settings.precondition else None)
         return LatentSample(result.z, {"hmc_acceptance": result.acceptance})
 
     def decode(self, z: Tensor) -> dict[str, Tensor]:

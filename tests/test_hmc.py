@@ -100,6 +100,8 @@ def test_invalid_settings_are_user_errors() -> None:
         HMCSettings(warmup=10)  # the paper's sampler has no warm-up to adapt in
     with pytest.raises(BenchError, match="target_accept"):
         HMCSettings(kind="adaptive", target_accept=1.0)
+    with pytest.raises(BenchError, match="precondition"):
+        HMCSettings(precondition=True)
     with pytest.raises(BenchError, match="adapt"):
         HMCSettings(kind="adaptive", adapt="datapoint")  # type: ignore[arg-type]
     with pytest.raises(BenchError, match="kind"):

@@ -82,7 +82,7 @@ HMC_SAMPLERS: dict[str, dict[HMCKind, tuple[str, HMCSettings]]] = {
         "adaptive": (
             "full-1-hmc-adaptive",
             HMCSettings(
-                kind="adaptive", warmup=20, steps=10, n_leapfrog=5, step_size=0.5, adapt="pooled"
+                kind="adaptive", warmup=20, steps=10, n_leapfrog=5, step_size=0.05, adapt="pooled"
             ),
         ),
     },
@@ -91,7 +91,7 @@ HMC_SAMPLERS: dict[str, dict[HMCKind, tuple[str, HMCSettings]]] = {
         "adaptive": (
             "quick-1-hmc-adaptive",
             HMCSettings(
-                kind="adaptive", warmup=20, steps=10, n_leapfrog=5, step_size=0.5, adapt="pooled"
+                kind="adaptive", warmup=20, steps=10, n_leapfrog=5, step_size=0.05, adapt="pooled"
             ),
         ),
     },

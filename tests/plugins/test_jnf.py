@@ -120,14 +120,25 @@ def test_adaptive_hmc_starts_from_the_gaussian_product(monkeypatch: pytest.Monke
         return real(log_target, z0, settings, generator, scale=scale)
 
     monkeypatch.setattr(jnf_mod, "hmc_sample", spy)
-    hmc = HMCSettings(kind="adaptive", warmup=3, steps=2, n_leapfrog=2, step_size=0.1)
-    out = model.encode(batch, sub, 4, hmc=hmc)
-    assert out.z.shape == (4, 5, 4) and 0.0 <= out.info["hmc_acceptance"] <= 1.0
-    mean, std = captured["target"].gaussian_product()
-    assert torch.equal(captured["scale"], std)  # preconditioned by the product's deviations
-    # the starts are draws of N(mean, std^2): standardised, they are O(1), not an expert's
-    assert ((captured["z0"] - mean) / std).abs().max() < 6.0
-    assert torch.isfinite(out.z).all()
+    for precondition in (False, True):
+        hmc = HMCSettings(
+            kind="adaptive",
+            warmup=3,
+            steps=2,
+            n_leapfrog=2,
+            step_size=0.1,
+            precondition=precondition,
+        )
+        out = model.encode(batch, sub, 4, hmc=hmc)
+        assert out.z.shape == (4, 5, 4) and 0.0 <= out.info["hmc_acceptance"] <= 1.0
+        mean, std = captured["target"].gaussian_product()
+        if precondition:  # by the product's deviations
+            assert torch.equal(captured["scale"], std)
+        else:
+            assert captured["scale"] is None
+        # the starts are draws of N(mean, std^2): standardised, they are O(1), not an expert's
+        assert ((captured["z0"] - mean) / std).abs().max() < 6.0
+        assert torch.isfinite(out.z).all()
 
 
 def test_poe_target_counts_prior_size_minus_one_times(monkeypatch: pytest.MonkeyPatch) -> None:
