@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import statistics
 import time
 import warnings
@@ -205,6 +206,7 @@ def compare(
         "parameters": {"ours": _count(ours), "reference": _count(theirs)},
         "data": "torch.rand float32 in [0, 1), PolyMNIST shapes (5 x 3x28x28)",
         "order": "one untimed call each, then rounds of ours then reference",
+        "load_average": {"start": list(os.getloadavg())},
         "training": {},
     }
 
@@ -296,4 +298,5 @@ def compare(
         }
     row["extrapolated_to_paper_hmc"] = evals != paper_evals
     out["hmc"] = row
+    out["load_average"]["end"] = list(os.getloadavg())
     return out

@@ -119,7 +119,7 @@ def _reference_table(ref: dict[str, Any], where: str) -> Table:
         )
     h = ref["hmc"]
     s = h["hmc"]
-    what = f"|S|=2 HMC {s['steps']}x{s['n_leapfrog']} @ {s['step_size']}, {h['chains']} chains"
+    what = f"|S|=2 HMC {s['steps']}x{s['n_leapfrog']}, {h['chains']} chains"
     o, m = h["ours"]["s_per_call"], h["reference"]["s_per_call"]
     t.add_row(
         what,
@@ -130,7 +130,7 @@ def _reference_table(ref: dict[str, Any], where: str) -> Table:
     )
     if h["extrapolated_to_paper_hmc"]:
         t.add_row(
-            "  at 100x10, extrapolated linearly",
+            "  100x10, extrapolated",
             "s / 128 samples",
             f"{h['ours']['s_per_128_samples_at_paper_hmc']:.3g}",
             f"{h['reference']['s_per_128_samples_at_paper_hmc']:.3g}",
