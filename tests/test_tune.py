@@ -137,6 +137,13 @@ def test_grid_of_beta_and_flow_depth_over_seeds(
     heatmap = Path(summary["heatmap"])
     assert heatmap.parent == tmp_path / "sweeps" / "grid"
     assert heatmap.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and heatmap.stat().st_size > 5000
+    # One heat map per headline metric (no FID here): heatmap.png is the one-input coherence's.
+    maps = {k: Path(v) for k, v in summary["heatmaps"].items()}
+    assert maps == {
+        "cond_coherence_1": heatmap,
+        "joint_coherence": heatmap.parent / "heatmap-joint_coherence.png",
+    }
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in maps.values())
     assert "best config per metric" in res.output and "8 ok, 0 failed" in res.output
 
 
