@@ -156,7 +156,8 @@ def cached_arrays(
             )
             return {k: _as_tensor(v) for k, v in arrays.items()}, meta
         del arrays
-    return _open_valid(path, fp, what, validate)
+    # What this process just built is what the loader makes: no validation of it.
+    return _open_valid(path, fp, what, None)
 
 
 def write_cache(path: Path, arrays: Arrays, *, fingerprint: Any, meta: dict[str, Any]) -> Path:

@@ -25,7 +25,9 @@ share only the label. This module applies that recipe offline:
 
 Everything random comes from a ``torch.Generator`` seeded with :data:`DATASET_SEED`, never the
 run seed, so every run sees the same data. The built tensors are cached as uint8 at
-``<cache_dir>/datasets/polymnist-lite-v1.pt``; a cache file that cannot be read is rebuilt.
+``<cache_dir>/datasets/polymnist-lite-v2.mmvb`` (the mapped format of
+:mod:`mmvae_bench.data.cache`: every process on the machine maps the same copy); a cache file
+that is damaged or of another layout is rebuilt with a warning.
 """
 
 from __future__ import annotations
@@ -36,9 +38,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from mmvae_bench.data.cache import cached_arrays
 from mmvae_bench.data.spec import DataOptions, ModalitySpec, MultimodalDataset, Split
 from mmvae_bench.errors import BenchError
-from mmvae_bench.io import atomic_torch_save, load_tensors
 
 __all__ = [
     "BACKGROUNDS",
@@ -69,7 +71,7 @@ SIDE = 28
 THRESHOLD = 128  # a digit pixel is "on" above this: half of the 0..255 range
 MODALITIES = tuple(f"m{i}" for i in range(5))
 # Bump the version in the name whenever the recipe changes, so stale caches are not reused.
-CACHE_NAME = "polymnist-lite-v1.pt"
+CACHE_NAME = "polymnist-lite-v2.mmvb"  # v2: the mapped format
 BACKGROUNDS = (
     "china",
     "flower",
@@ -204,17 +206,38 @@ def _check_cache(data: object) -> dict[str, dict[str, Tensor]]:
 
 
 def _cached(path: Path) -> dict[str, dict[str, Tensor]]:
-    """The cached tensors, building and writing them first if missing or unreadable."""
-    if path.is_file():
+    """The cached tensors, mapped from the cache file (one copy per machine, shared by every
+    process: data/cache.py); built and written first if missing, damaged or of another layout.
+    """
+
+    def flat() -> tuple[dict[str, Tensor], dict[str, object]]:
+        data, _ = build(DATASET_SEED)
+        return {f"{split}.{k}": t for split, part in data.items() for k, t in part.items()}, {}
+
+    def problem(arrays: dict[str, Tensor], meta: dict[str, object]) -> str | None:
         try:
-            return _check_cache(load_tensors(path, what="polymnist-lite cache"))
+            _check_cache(_nest(arrays))
         except BenchError as e:
-            # It is only a cache: rebuilding is always possible, so a bad file is not an error.
-            log.warning("rebuilding polymnist-lite: %s", e)
-            path.unlink(missing_ok=True)
-    data, _ = build(DATASET_SEED)
-    atomic_torch_save(path, data)
-    return data
+            return str(e)
+        return None
+
+    arrays, _ = cached_arrays(
+        path,
+        {"dataset": "polymnist-lite", "seed": DATASET_SEED, "name": CACHE_NAME},
+        flat,
+        what="polymnist-lite cache",
+        validate=problem,
+    )
+    return _nest(arrays)
+
+
+def _nest(arrays: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+    """``{"train.m0": t, ...}`` as ``{"train": {"m0": t, ...}, ...}``."""
+    out: dict[str, dict[str, Tensor]] = {}
+    for key, t in arrays.items():
+        split, _, name = key.partition(".")
+        out.setdefault(split, {})[name] = t
+    return out
 
 
 def load(options: DataOptions) -> MultimodalDataset:

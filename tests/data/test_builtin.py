@@ -10,8 +10,8 @@ import torch
 
 from mmvae_bench.data import circles_squares as cs
 from mmvae_bench.data import polymnist_lite as pl
+from mmvae_bench.data.cache import open_cache, write_cache
 from mmvae_bench.data.spec import DataOptions
-from mmvae_bench.io import atomic_torch_save, load_tensors
 from tests.data.batches import assert_batches_bit_identical
 
 # Keep the one-thread rule even when this file runs without the shared conftest.
@@ -214,7 +214,7 @@ def test_polymnist_load_caches_and_rebuilds_corrupt_cache(built, tmp_path, monke
 
     check(pl.load(DataOptions(cache_dir=tmp_path, seed=0)))
     assert calls == [pl.DATASET_SEED] and path.is_file()
-    assert path == tmp_path / "datasets" / "polymnist-lite-v1.pt"
+    assert path == tmp_path / "datasets" / "polymnist-lite-v2.mmvb"
 
     # Second load (another run seed) reads the cache: no rebuild.
     check(pl.load(DataOptions(cache_dir=tmp_path, seed=7)))
@@ -224,8 +224,9 @@ def test_polymnist_load_caches_and_rebuilds_corrupt_cache(built, tmp_path, monke
     path.write_bytes(b"not a torch file")
     check(pl.load(DataOptions(cache_dir=tmp_path)))
     assert len(calls) == 2
-    atomic_torch_save(path, {"train": {"m0": torch.zeros(3)}, "test": {}})
+    header, _ = open_cache(path)
+    write_cache(path, {"train.m0": torch.zeros(3)}, fingerprint=header["fingerprint"], meta={})
     check(pl.load(DataOptions(cache_dir=tmp_path)))
     assert len(calls) == 3
-    cached = load_tensors(path)
-    assert torch.equal(cached["test"]["m2"], data["test"]["m2"])
+    _, cached = open_cache(path)
+    assert torch.equal(cached["test.m2"], data["test"]["m2"])
