@@ -261,7 +261,7 @@ def compare(
 
     def ref_sample() -> Tensor:
         # MultiVae logs a line per call and warns about a deprecated resize: kept quiet.
-        quiet = logging.getLogger("multivae")
+        quiet = logging.getLogger(type(theirs).__module__)  # it sets its own level
         level = quiet.level
         quiet.setLevel(logging.WARNING)
         try:
