@@ -22,8 +22,8 @@ fingerprint differs from the source files' is rebuilt from the sources with a wa
 in it is trusted, and nothing is unpickled. A file written by a newer format version is refused
 with a ``BenchError`` naming it (an older mmvae-bench must not overwrite a newer one's cache).
 
-The first process builds the file under an exclusive ``flock`` on ``<file>.lock`` and writes it
-atomically (temp file + rename); the others wait on the lock and then map the finished file
+The first process builds the file under an exclusive ``flock`` on the file's folder and writes
+it atomically (temp file + rename); the others wait on the lock and then map the finished file
 instead of decoding twice. Readers of a valid file take no lock: a rebuilt file replaces the
 old one by rename, so a mapped old file stays intact for the processes that hold it.
 
@@ -136,7 +136,7 @@ def cached_arrays(
         return _open_valid(path, fp, what, validate)
     except CacheStale:
         pass  # decided again under the lock: another process may be writing it now
-    with _exclusive(Path(f"{path}.lock")):
+    with _exclusive(path):
         try:
             return _open_valid(path, fp, what, validate)
         except CacheStale as stale:
@@ -312,13 +312,17 @@ def _check_entries(entries: Any, data_start: int, size: int) -> None:
 
 
 @contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``lock_path`` (waiting for it); none where it cannot be
-    created (a read-only folder: the cache cannot be written there either)."""
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the folder of ``path`` (its nearest existing ancestor),
+    waiting for it. Locking the folder creates no file, so a load that fails leaves nothing
+    behind; builds of other caches in the same folder wait too (they are rare and one-off)."""
+    folder = Path(path).parent
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(folder, os.O_RDONLY)
     except OSError as e:
-        logger.debug("no lock %s (%s)", lock_path, e)
+        logger.debug("no lock on %s (%s)", folder, e)
         yield
         return
     try:
@@ -327,7 +331,7 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
         except OSError as e:
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
-            logger.info("waiting for another process to build %s", lock_path.with_suffix(""))
+            logger.info("waiting for another process building a cache in %s", folder)
             fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:

@@ -323,7 +323,7 @@ def test_concurrent_processes_decode_once(tmp_path: Path) -> None:
         p.join(30)
     assert [p.exitcode for p in procs] == [0, 0, 0]
     assert log.read_text() == "built\n"  # one process decoded; the others waited and mapped
-    assert sorted(q.name for q in tmp_path.iterdir()) == ["builds.log", "c.mmvb", "c.mmvb.lock"]
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["builds.log", "c.mmvb"]
 
 
 # -- the loaders that cache through it ----------------------------------------------------------
