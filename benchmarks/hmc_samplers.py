@@ -82,7 +82,7 @@ CONFIGS: list[tuple[str, str, list[HMCSettings]]] = [
     (
         "adaptive-pooled, unscaled",
         "product, unscaled",
-        [_adaptive(*b, "pooled", precondition=False) for b in BUDGETS],
+        [_adaptive(*b, "pooled", precondition=False) for b in (*BUDGETS, (60, 60, 5))],
     ),
     (
         "adaptive-chain, unscaled",
@@ -287,6 +287,28 @@ def _figure(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def drift(args: argparse.Namespace) -> None:
+    """Whether the target is proper: chains of the adaptive sampler run on and on (|S| = 2)."""
+    torch.set_num_threads(1)
+    model, dataset, _ = load_run(args.run_dir, load_registry())
+    x = dataset.test.subset(torch.arange(args.points)).batch()
+    subset = tuple(model.modalities[:2])
+    with torch.no_grad():
+        target = ProductOfFlows([model.unimodal_posterior(x, m) for m in subset], prior_power=1)
+    mean, std = target.gaussian_product()
+    torch.manual_seed(args.seed)
+    z = mean + std * torch.randn(4, *mean.shape)
+    print(f"start: mean |z| {z.norm(dim=-1).mean():.2f}, mean log pi {target(z).mean():.1f}")
+    settings = _adaptive(60, 60, 5, "pooled", precondition=False)
+    for i in range(4):
+        z = hmc_sample(target, z, settings).z
+        norm = z.norm(dim=-1)
+        print(
+            f"after {(i + 1) * settings.gradient_evaluations} evaluations: mean |z| "
+            f"{norm.mean():.2f} (max {norm.max():.2f}), mean log pi {target(z).mean():.1f}"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -302,8 +324,12 @@ def main() -> None:
     r.add_argument("parts", type=Path, nargs="+")
     r.add_argument("--out", type=Path, default=Path("benchmarks/hmc_samplers.json"))
     r.add_argument("--figure", type=Path, default=Path("benchmarks/hmc_samplers.png"))
+    d = sub.add_parser("drift", help="run adaptive chains on |S| = 2 and print |z|, log pi")
+    d.add_argument("run_dir", type=Path)
+    d.add_argument("--points", type=int, default=8)
+    d.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    measure(args) if args.command == "run" else report(args)
+    {"run": measure, "report": report, "drift": drift}[args.command](args)
 
 
 if __name__ == "__main__":
