@@ -165,6 +165,7 @@ def test_preset_paper_times_multivae_in_the_same_process(tmp_path: Path) -> None
         assert row["ratio"]["per_round_min"] == pytest.approx(min(per_round))
     hmc = ref["hmc"]
     assert hmc["extrapolated_to_paper_hmc"] and hmc["gradient_evaluations"] == 2 * 10 + 1
+    assert hmc["ours_closed_form_product"] is False  # the preset's MultiVae affine map
     assert hmc["ours"]["s_per_128_samples_at_paper_hmc"] == pytest.approx(
         hmc["ours"]["s_per_128_samples"] * 1001 / 21
     )

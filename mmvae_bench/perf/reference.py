@@ -288,6 +288,11 @@ def compare(
         "hmc": {"steps": hmc.steps, "n_leapfrog": hmc.n_leapfrog, "step_size": hmc.step_size},
         "gradient_evaluations": evals,
         "ratio": _ratio(times["ours"], times["reference"]),
+        # Whether our product of experts ran in closed form (flows.ProductOfFlows); MultiVae's
+        # affine map (the paper preset's flow_affine) has no closed form there: autograd.
+        "ours_closed_form_product": all(
+            q.structure() is not None for q in ours.posteriors.values()
+        ),
     }
     for side in ("ours", "reference"):
         per_128 = statistics.median(times[side]) * 128 / s.chains
