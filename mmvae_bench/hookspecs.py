@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from mmvae_bench.data.spec import DatasetEntry
     from mmvae_bench.api import MetricEntry
+    from mmvae_bench.data.spec import DatasetEntry
     from mmvae_bench.model import ModelEntry
 
 __all__ = ["PROJECT", "Hookspecs", "hookimpl", "hookspec"]
