@@ -77,6 +77,13 @@ def _lock(folder: Path, run_id: str) -> int:
     return fd
 
 
+def _abandoned_claim(folder: Path) -> bool:
+    """A folder holding nothing but the lock file: a run that died between claiming and its
+    first write (e.g. a sweep driver killed as a trial started). Nothing in it can be lost, so a
+    new run may take it; whether its owner still lives, the lock decides."""
+    return {p.name for p in folder.iterdir()} <= {LOCK_FILE}
+
+
 def claim_run_dir(out: Path, run_id: str, mode: Mode = "new") -> RunDir:
     """Claim ``out/run_id`` for a run and lock it; the caller must :meth:`RunDir.release` it.
 
@@ -103,11 +110,14 @@ def claim_run_dir(out: Path, run_id: str, mode: Mode = "new") -> RunDir:
         raise BenchError(f"cannot create the run folder {folder}: {e.strerror or e}") from None
     if existed and not folder.is_dir():
         raise BenchError(f"{folder} exists and is not a run folder")
-    if existed and mode == "new":
+    if existed and mode == "new" and not _abandoned_claim(folder):
         hint = "--overwrite replaces it, --resume continues it"
         raise BenchError(f"run '{run_id}' already exists in {out}; {hint}")
     fd = _lock(folder, run_id)
     try:
+        if existed and mode == "new" and not _abandoned_claim(folder):  # filled meanwhile
+            hint = "--overwrite replaces it, --resume continues it"
+            raise BenchError(f"run '{run_id}' already exists in {out}; {hint}")
         if mode == "resume" and not (folder / RECORD_FILE).is_file():
             raise BenchError(f"nothing to resume: {folder} holds no run record")
         if mode == "overwrite":

@@ -23,7 +23,7 @@ def test_a_run_id_is_claimed_once(tmp_path: Path) -> None:
     first = claim_run_dir(tmp_path, "r")
     try:
         # The same id while the first holds it: refused whatever the mode.
-        with pytest.raises(BenchError, match="already exists"):
+        with pytest.raises(BenchError, match="in use by another mmvae-bench process"):
             claim_run_dir(tmp_path, "r")
         with pytest.raises(BenchError, match="in use by another mmvae-bench process"):
             claim_run_dir(tmp_path, "r", "overwrite")
@@ -33,6 +33,19 @@ def test_a_run_id_is_claimed_once(tmp_path: Path) -> None:
         first.release()
     # Released (as when the process dies): overwrite may take it.
     claim_run_dir(tmp_path, "r", "overwrite").release()
+
+
+def test_a_claim_whose_owner_died_before_writing_is_taken_over(tmp_path: Path) -> None:
+    # A sweep driver killed just as a trial claimed its folder leaves it holding only the lock
+    # file; the resumed sweep starts that trial anew in the same folder.
+    claim_run_dir(tmp_path, "r").release()
+    assert [p.name for p in (tmp_path / "r").iterdir()] == [".lock"]
+    claim_run_dir(tmp_path, "r").release()
+    # Anything else in the folder (a record, a checkpoint, a file of the user's): not taken.
+    (tmp_path / "r" / "notes.txt").write_text("mine")
+    with pytest.raises(BenchError, match="already exists"):
+        claim_run_dir(tmp_path, "r")
+    assert (tmp_path / "r" / "notes.txt").read_text() == "mine"
 
 
 def test_overwrite_deletes_only_the_runs_own_files(tmp_path: Path) -> None:
