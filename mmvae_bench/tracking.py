@@ -559,7 +559,7 @@ class SweepTracking:
         return self.parent
 
     def finished(self, summary: SweepSummary) -> None:
-        """Log the trials' outcome, the best configuration per metric and the heat map."""
+        """Log the trials' outcome, the best configuration per metric and the heat maps."""
         counts = {s: sum(t.status == s for t in summary.trials) for s in ("ok", "failed")}
         numbers: dict[str, float] = {f"trials_{k}": v for k, v in counts.items()}
         numbers["wall_s"] = summary.wall_s
@@ -569,8 +569,9 @@ class SweepTracking:
         for t in summary.trials:
             numbers.update({f"trial/{t.run_id}/{k}": v for k, v in t.metrics.items()})
         self.tracker.log_metrics(numbers, 0)
-        if summary.heatmap is not None and Path(summary.heatmap).is_file():
-            self.tracker.log_artifact(Path(summary.heatmap), "figures")
+        maps = {Path(p) for p in (summary.heatmap, *summary.heatmaps.values()) if p is not None}
+        for path in sorted(p for p in maps if p.is_file()):
+            self.tracker.log_artifact(path, "figures")
         with _temp_json(summary.as_record(), "sweep.json") as path:
             self.tracker.log_artifact(path)
         self.tracker.end(counts["failed"] == 0)

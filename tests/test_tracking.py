@@ -229,7 +229,9 @@ def test_sweep_is_a_parent_mlflow_run_with_a_child_per_trial(
     best = summary["best"]["cond_coherence_1"]["mean"]
     assert parent.data.metrics["best/cond_coherence_1/mean"] == pytest.approx(best)
     assert parent.data.metrics["trials_ok"] == 2 and parent.data.metrics["trials_failed"] == 0
-    assert _artifacts(client, parent.info.run_id) == {"figures/heatmap.png", "sweep.json"}
+    maps = _heatmaps(summary)
+    assert len(maps) >= 2  # one-input and joint coherence at least
+    assert _artifacts(client, parent.info.run_id) == {*maps, "sweep.json"}
     children = client.search_runs(
         [exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
@@ -245,6 +247,12 @@ def test_sweep_is_a_parent_mlflow_run_with_a_child_per_trial(
     assert saved["parent_run_id"] == parent.info.run_id
 
 
+def _heatmaps(summary: dict) -> set[str]:
+    """The artifact names of every heat map the sweep wrote."""
+    paths = [summary["heatmap"], *summary["heatmaps"].values()]
+    return {f"figures/{Path(p).name}" for p in paths if p}
+
+
 @pytest.mark.slow
 def test_sweep_tracked_in_tensorboard(ray_address: str, tmp_path: Path, cache_dir: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -252,7 +260,7 @@ def test_sweep_tracked_in_tensorboard(ray_address: str, tmp_path: Path, cache_di
     summary = _sweep(tmp_path, cache_dir, "tb", "tensorboard")
     sweep_log = EventAccumulator(str(tmp_path / "sweeps" / "tb" / "tensorboard"))
     sweep_log.Reload()
-    assert sweep_log.Tags()["images"] == ["figures/heatmap.png"]
+    assert sorted(sweep_log.Tags()["images"]) == sorted(_heatmaps(summary))
     [best] = sweep_log.Scalars("best/cond_coherence_1/mean")
     assert best.value == pytest.approx(summary["best"]["cond_coherence_1"]["mean"])
     for t in summary["trials"]:
