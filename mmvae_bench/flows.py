@@ -232,22 +232,35 @@ class ProductOfFlows:
         (torch.Size([5, 3]), torch.Size([5, 3, 4]))
     """
 
-    def __init__(self, experts: Sequence[Distribution], prior_power: float = 0.0) -> None:
+    def __init__(
+        self,
+        experts: Sequence[Distribution],
+        prior_power: float = 0.0,
+        *,
+        subsets: Sequence[Sequence[int]] | None = None,
+    ) -> None:
         self.experts = list(experts)
         self.prior_power = float(prior_power)
+        self.subsets = _check_subsets(subsets, len(self.experts))
         with torch.no_grad():
             self._stack = _MadeStack.build(self.experts) if _stackable(self.experts) else None
+        if self.subsets is not None:
+            self._batch = int(self.experts[0].batch_shape[0])
+            device = self._stack.mu.device if self._stack is not None else None
+            self._members = _Members.build(self.subsets, len(self.experts), device)
 
     def __call__(self, z: Tensor) -> Tensor:
-        """log pi(z) for ``z`` (*chains, B, D): (*chains, B)."""
-        if self._stack is not None:
+        """log pi(z) for ``z`` (*chains, rows, D): (*chains, rows)."""
+        if self.subsets is not None:
+            experts = self._subset_sums(z, grad=False)[0]
+        elif self._stack is not None:
             experts = self._stack.log_prob(z).sum(0)
         else:
             experts = sum(q.log_prob(z) for q in self.experts)
         return experts - self.prior_power * log_std_normal(z)
 
     def value_and_grad(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """log pi(z) and its gradient in z, without a graph: (*chains, B), (*chains, B, D)."""
+        """log pi(z) and its gradient in z, without a graph: (*chains, rows), (*chains, rows, D)."""
         if self._stack is None:
             with torch.enable_grad():
                 z = z.detach().requires_grad_(True)
@@ -255,12 +268,47 @@ class ProductOfFlows:
                 (grad,) = torch.autograd.grad(lp.sum(), z)
             return lp.detach(), grad
         with torch.no_grad():
-            lp, grad = self._stack.log_prob_and_grad(z)
+            if self.subsets is not None:
+                lp, grad = self._subset_sums(z, grad=True)
+            else:
+                lp, grad = self._stack.log_prob_and_grad(z)
+                lp = lp.sum(0)
             # d/dz of -prior_power * log N(z; 0, I) is +prior_power * z.
-            return lp.sum(0) - self.prior_power * log_std_normal(z), grad + self.prior_power * z
+            return lp - self.prior_power * log_std_normal(z), grad + self.prior_power * z
+
+    def _subset_sums(self, z: Tensor, *, grad: bool) -> tuple[Tensor, Tensor | None]:
+        """Each subset's sum of its experts' log-densities (and its z-gradient) at its rows.
+
+        Each expert runs once, on the rows of every subset holding it: with the experts
+        stacked, one batched pass for all of them (subsets of one size give every expert the
+        same number of subsets; otherwise shorter lists are padded and the padding discarded).
+        """
+        mem, n_s, b = self._members, len(self.subsets), self._batch
+        zs = z.unflatten(-2, (n_s, b))  # (*chains, S, B, D)
+        chains = zs.shape[:-3]
+        if self._stack is None:
+            parts = [
+                sum(self.experts[e].log_prob(zs[..., s, :, :]) for e in sub)
+                for s, sub in enumerate(self.subsets)
+            ]
+            return torch.stack(parts, dim=-2).flatten(-2), None
+        e, c = mem.gather.shape
+        x = zs.index_select(-3, mem.gather.flatten()).unflatten(-3, (e, c)).movedim(-4, 0)
+        if grad:
+            lp, g = self._stack.log_prob_and_grad_each(x)  # (E, *chains, C, B), (..., D)
+        else:
+            lp, g = self._stack.log_prob_each(x), None
+        lp = lp.movedim(0, -3).flatten(-3, -2)  # (*chains, E*C, B)
+        total = zs.new_zeros((*chains, n_s + 1, b)).index_add_(-2, mem.scatter, lp)
+        out_g = None
+        if g is not None:
+            g = g.movedim(0, -4).flatten(-4, -3)  # (*chains, E*C, B, D)
+            out_g = zs.new_zeros((*chains, n_s + 1, *zs.shape[-2:])).index_add_(-3, mem.scatter, g)
+            out_g = out_g[..., :n_s, :, :].flatten(-3, -2)
+        return total[..., :n_s, :].flatten(-2), out_g
 
     def gaussian_product(self, samples: int = 32) -> tuple[Tensor, Tensor]:
-        """A Gaussian approximation of the target: mean and standard deviation, each (B, D).
+        """A Gaussian approximation of the target: mean and standard deviation, each (rows, D).
 
         Each expert q_j is summarised by a mean m_j and diagonal variance v_j, and the target's
         Gaussian analogue is their product with the prior divided out ``prior_power`` times:
@@ -278,9 +326,16 @@ class ProductOfFlows:
                 draws = torch.stack([q.sample((samples,)) for q in self.experts])  # (E, K, B, D)
                 m, v = draws.mean(1), draws.var(1)
             prec_e = 1.0 / v.clamp_min(torch.finfo(v.dtype).tiny)
-            weighted, total = (m * prec_e).sum(0), prec_e.sum(0)
+            if self.subsets is None:
+                weighted, total = (m * prec_e).sum(0), prec_e.sum(0)
+                floor = prec_e.min(0).values
+            else:  # per subset over its experts, rows subset-major: (S * B, D)
+                mask = self._members.mask.to(prec_e)  # (S, E)
+                weighted = torch.einsum("se,ebd->sbd", mask, m * prec_e).flatten(0, 1)
+                total = torch.einsum("se,ebd->sbd", mask, prec_e).flatten(0, 1)
+                held = mask[:, :, None, None] > 0
+                floor = torch.where(held, prec_e[None], math.inf).amin(1).flatten(0, 1)
             prec = total - self.prior_power
-            floor = prec_e.min(0).values
             ok = prec >= floor
             mean = torch.where(
                 ok, weighted / prec.clamp_min(torch.finfo(v.dtype).tiny), weighted / total
@@ -288,8 +343,13 @@ class ProductOfFlows:
             return mean, torch.where(ok, prec, floor).rsqrt()
 
     def sample_experts(self, n: int, expert: int | None = None) -> Tensor:
-        """``(n, B, D)`` starting points: each chain a sample of one expert chosen at random
-        (of expert number ``expert`` for every chain when given)."""
+        """``(n, rows, D)`` starting points: each chain a sample of one expert chosen at random
+        (of its subset's experts with ``subsets``; of expert number ``expert`` for every chain
+        when given, which needs a target of one subset)."""
+        if self.subsets is not None:
+            if expert is not None:
+                raise ValueError("sample_experts(expert=...) needs a target of one subset")
+            return self._sample_subset_experts(n)
         with torch.no_grad():
             if self._stack is None:
                 starts = torch.stack([q.sample((n,)) for q in self.experts])  # (k, n, B, D)
@@ -313,6 +373,82 @@ class ProductOfFlows:
                 u = s.mu[e, r] + s.sigma[e, r] * torch.randn_like(s.mu[e, r])
                 z[at] = s.invert(e, u, r)
             return z.view(n, b, d)
+
+    def _sample_subset_experts(self, n: int) -> Tensor:
+        mem, n_s, b = self._members, len(self.subsets), self._batch
+        with torch.no_grad():
+            if self._stack is None:
+                draws = torch.stack([q.sample((n,)) for q in self.experts])  # (E, n, B, D)
+                dev = draws.device
+            else:
+                dev = self._stack.mu.device
+            # A uniform position in each chain's subset, then the expert at that position.
+            sizes = mem.sizes.to(dev)[None, :, None]  # (1, S, 1)
+            pos = (torch.rand((n, n_s, b), device=dev) * sizes).long().clamp_max(sizes - 1)
+            pick = mem.table.to(dev)[torch.arange(n_s, device=dev)[None, :, None], pos]
+            rows = torch.arange(b, device=dev).expand(n, n_s, b)
+            if self._stack is None:
+                z = draws[pick, torch.arange(n, device=dev)[:, None, None], rows]
+                return z.flatten(1, 2)
+            s = self._stack
+            pick, rows = pick.flatten(), rows.flatten()
+            z = torch.empty(pick.shape[0], s.mu.shape[-1], dtype=s.mu.dtype, device=dev)
+            for e in range(s.n_experts):
+                (at,) = torch.nonzero(pick == e, as_tuple=True)
+                if len(at) == 0:
+                    continue
+                r = rows[at]
+                u = s.mu[e, r] + s.sigma[e, r] * torch.randn_like(s.mu[e, r])
+                z[at] = s.invert(e, u, r)
+            return z.view(n, n_s * b, -1)
+
+
+def _check_subsets(subsets: Sequence[Sequence[int]] | None, n_experts: int) -> list | None:
+    if subsets is None:
+        return None
+    out = [tuple(int(e) for e in sub) for sub in subsets]
+    for sub in out:
+        if not sub or len(set(sub)) != len(sub) or not all(0 <= e < n_experts for e in sub):
+            raise ValueError(
+                f"subsets must be non-empty lists of distinct expert indices < {n_experts}, "
+                f"got {sub}"
+            )
+    if not out:
+        raise ValueError("subsets must hold at least one subset")
+    return out
+
+
+@dataclass(frozen=True)
+class _Members:
+    """Index tables of a multi-subset target (S subsets of E experts)."""
+
+    table: Tensor  # (S, k_max) experts of each subset, padded with its first expert
+    sizes: Tensor  # (S,) experts per subset
+    mask: Tensor  # (S, E) 1 where the subset holds the expert
+    gather: Tensor  # (E, C) subsets holding each expert, padded with subset 0
+    scatter: Tensor  # (E * C,) the same, padded with S (a discarded slot)
+
+    @classmethod
+    def build(cls, subsets: list, n_experts: int, device: torch.device | None) -> _Members:
+        n_s = len(subsets)
+        k_max = max(len(sub) for sub in subsets)
+        table = torch.tensor([[*sub, *(sub[:1] * (k_max - len(sub)))] for sub in subsets])
+        mask = torch.zeros(n_s, n_experts)
+        holders: list[list[int]] = [[] for _ in range(n_experts)]
+        for s, sub in enumerate(subsets):
+            for e in sub:
+                mask[s, e] = 1.0
+                holders[e].append(s)
+        c = max(len(h) for h in holders)
+        gather = torch.tensor([[*h, *([0] * (c - len(h)))] for h in holders])
+        scatter = torch.tensor([[*h, *([n_s] * (c - len(h)))] for h in holders]).flatten()
+        return cls(
+            table=table,
+            sizes=torch.tensor([len(sub) for sub in subsets]),
+            mask=mask,
+            gather=gather.to(device),
+            scatter=scatter.to(device),
+        )
 
 
 # -- MADE structure and the stacked fast path ---------------------------------------------------
@@ -468,6 +604,14 @@ class _MadeStack:
         """log q_j(z) per expert (E, *chains, B) and the gradient of their sum (*chains, B, D)."""
         return _kernel(_log_prob_and_grad)(z, self.mu, self.sigma, self.log_norm, self.blocks)
 
+    def log_prob_each(self, x: Tensor) -> Tensor:
+        """log q_j(x_j) for points of each expert's own: x (E, *chains, B, D) -> (E, *chains, B)."""
+        return _kernel(_log_prob_each)(x, self.mu, self.sigma, self.log_norm, self.blocks)
+
+    def log_prob_and_grad_each(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """log q_j(x_j) (E, *chains, B) and each one's gradient in x_j (E, *chains, B, D)."""
+        return _kernel(_log_prob_and_grad_each)(x, self.mu, self.sigma, self.log_norm, self.blocks)
+
     def linearised_moments(self) -> tuple[Tensor, Tensor]:
         """Per expert: base mean pushed through the inverse flow, and the base variance over
         the squared Jacobian diagonal of the flow there; each (E, B, D)."""
@@ -528,9 +672,17 @@ def _made(blk: _Block, x: Tensor) -> tuple[Tensor, list[Tensor]]:
 def _forward(
     z: Tensor, mu: Tensor, sigma: Tensor, log_norm: Tensor, blocks: tuple[_Block, ...], keep: bool
 ) -> tuple[Tensor, Tensor, list]:
-    c, d = z.dim() - 2, z.shape[-1]
+    """Every expert at the same points z (*chains, B, D)."""
     x = z.unsqueeze(0).expand(mu.shape[0], *z.shape)
-    ladj = torch.zeros((), dtype=z.dtype, device=z.device)
+    return _forward_each(x, mu, sigma, log_norm, blocks, keep)
+
+
+def _forward_each(
+    x: Tensor, mu: Tensor, sigma: Tensor, log_norm: Tensor, blocks: tuple[_Block, ...], keep: bool
+) -> tuple[Tensor, Tensor, list]:
+    """Each expert at its own points x (E, *chains, B, D): log q, base residual, saved parts."""
+    c, d = x.dim() - 3, x.shape[-1]
+    ladj = torch.zeros((), dtype=x.dtype, device=x.device)
     saved = []
     for blk in blocks:
         out, hs = _made(blk, x)
@@ -553,11 +705,25 @@ def _log_prob(
     return _forward(z, mu, sigma, log_norm, blocks, keep=False)[0]
 
 
+def _log_prob_each(
+    x: Tensor, mu: Tensor, sigma: Tensor, log_norm: Tensor, blocks: tuple[_Block, ...]
+) -> Tensor:
+    return _forward_each(x, mu, sigma, log_norm, blocks, keep=False)[0]
+
+
 def _log_prob_and_grad(
     z: Tensor, mu: Tensor, sigma: Tensor, log_norm: Tensor, blocks: tuple[_Block, ...]
 ) -> tuple[Tensor, Tensor]:
-    lp, r, saved = _forward(z, mu, sigma, log_norm, blocks, keep=True)
-    g = -r / _bias(sigma, z.dim() - 2)  # d/du log N(u; mu, sigma)
+    x = z.unsqueeze(0).expand(mu.shape[0], *z.shape)
+    lp, g = _log_prob_and_grad_each(x, mu, sigma, log_norm, blocks)
+    return lp, g.sum(0)
+
+
+def _log_prob_and_grad_each(
+    x: Tensor, mu: Tensor, sigma: Tensor, log_norm: Tensor, blocks: tuple[_Block, ...]
+) -> tuple[Tensor, Tensor]:
+    lp, r, saved = _forward_each(x, mu, sigma, log_norm, blocks, keep=True)
+    g = -r / _bias(sigma, x.dim() - 3)  # d/du log N(u; mu, sigma)
     for blk, (s, xs, inv, hs) in zip(reversed(blocks), reversed(saved), strict=True):
         # y = x * s(x) + t(x), s = exp(ls), ls = a * inv, inv = 1 / (1 + |a|/c), ladj = sum ls.
         # Through y: d/dt = g, d/da = (g * x * s + 1) * dls/da with dls/da = inv^2.
@@ -567,7 +733,7 @@ def _log_prob_and_grad(
             g_h = _bmm(_relu_grad(g_h, h), w.transpose(1, 2))
         g_in = _bmm(_relu_grad(g_h, hs[0]), blk.w_in.transpose(1, 2))
         g = (g * s).index_add_(-1, blk.inputs, g_in)
-    return lp, g.sum(0)
+    return lp, g
 
 
 def _invert_block(blk: _Block, st: _BlockStructure, e: int, y: Tensor, rows: Tensor) -> Tensor:

@@ -111,6 +111,7 @@ class HMCResult:
     z: Tensor
     acceptance: float
     step_size: float | None = None
+    chain_acceptance: Tensor | None = None  # (*chains,) each chain's share of accepted moves
 
 
 def _value_and_grad(log_prob: Callable[[Tensor], Tensor], z: Tensor) -> tuple[Tensor, Tensor]:
@@ -131,6 +132,7 @@ def hmc_sample(
     generator: torch.Generator | None = None,
     *,
     scale: Tensor | None = None,
+    groups: Tensor | None = None,
 ) -> HMCResult:
     """Run HMC chains from ``z0`` on the unnormalised density ``log_prob``.
 
@@ -146,6 +148,9 @@ def hmc_sample(
         scale: optional per-chain diagonal preconditioner, broadcastable to ``z0``: the
             momentum's inverse mass matrix is ``diag(scale^2)``, so a step moves coordinate i
             by about ``step_size * scale_i`` (None: the identity, as in the paper).
+        groups: optional integer group of each chain, broadcastable to ``z0.shape[:-1]``
+            (e.g. one per subset when one call samples several subsets' posteriors):
+            ``adapt="pooled"`` then pools the acceptance within each group, never across.
 
     Returns:
         :class:`HMCResult` with the final positions and the mean acceptance over chains and
@@ -154,7 +159,7 @@ def hmc_sample(
     """
     if settings.kind == "paper" and scale is None:
         return _paper(log_prob, z0, settings, generator)
-    return _adaptive(log_prob, z0, settings, generator, scale)
+    return _adaptive(log_prob, z0, settings, generator, scale, groups)
 
 
 def _paper(
@@ -192,7 +197,10 @@ def _paper(
         grad = torch.where(accept.unsqueeze(-1), gn, grad)
         accepted += accept
     rate = (accepted.mean() / max(settings.steps, 1)).item() if settings.steps else 1.0
-    return HMCResult(z=z.detach(), acceptance=float(rate), step_size=eps)
+    per_chain = accepted / settings.steps if settings.steps else torch.ones_like(accepted)
+    return HMCResult(
+        z=z.detach(), acceptance=float(rate), step_size=eps, chain_acceptance=per_chain
+    )
 
 
 def _adaptive(
@@ -201,8 +209,12 @@ def _adaptive(
     settings: HMCSettings,
     generator: torch.Generator | None,
     scale: Tensor | None,
+    groups: Tensor | None = None,
 ) -> HMCResult:
     z = z0.detach().clone()
+    if groups is not None:
+        groups = groups.to(z.device).expand(z.shape[:-1]).flatten()
+        counts = torch.bincount(groups).clamp_min(1).to(z.dtype)
     lp, grad = _value_and_grad(log_prob, z)
     chains = z.shape[:-1]
     s = torch.ones_like(z) if scale is None else scale.detach().to(z).expand_as(z)
@@ -240,8 +252,11 @@ def _adaptive(
             m = it + 1
             w = 1.0 / (m + _DA_T0)
             alpha = log_alpha.exp()[..., None]
-            if settings.adapt == "pooled":
+            if settings.adapt == "pooled" and groups is None:
                 alpha = alpha.mean().expand_as(alpha)
+            elif settings.adapt == "pooled":  # the mean within each chain's group
+                sums = torch.zeros_like(counts).index_add_(0, groups, alpha.flatten())
+                alpha = (sums / counts)[groups].view_as(alpha)
             h_bar = (1.0 - w) * h_bar + w * (settings.target_accept - alpha)
             log_eps = shrink_to - math.sqrt(m) / _DA_GAMMA * h_bar
             eta = m**-_DA_KAPPA
@@ -250,4 +265,10 @@ def _adaptive(
             accepted += accept
     eps_final = log_eps_bar.exp() if settings.warmup else log_eps.exp()
     rate = (accepted.mean() / settings.steps).item() if settings.steps else 1.0
-    return HMCResult(z=z.detach(), acceptance=float(rate), step_size=float(eps_final.mean()))
+    per_chain = accepted / settings.steps if settings.steps else torch.ones_like(accepted)
+    return HMCResult(
+        z=z.detach(),
+        acceptance=float(rate),
+        step_size=float(eps_final.mean()),
+        chain_acceptance=per_chain,
+    )

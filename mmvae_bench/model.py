@@ -233,6 +233,27 @@ class MultimodalVAE(nn.Module):
         """
         raise NotImplementedError
 
+    def encode_subsets(
+        self,
+        batch: Batch,
+        subsets: Sequence[Subset],
+        n: int = 1,
+        *,
+        hmc: HMCSettings | None = None,
+    ) -> list[LatentSample]:
+        """:meth:`encode` for several subsets of one batch: one :class:`LatentSample` each.
+
+        The evaluation calls this once per subset size with every subset of that size, so a
+        model can share work between them (JNF: each encoder runs once, and one HMC call
+        samples every subset's chains). ``batch`` holds the modalities of all the subsets:
+        the sample for a subset must use only that subset's modalities, distributed as
+        ``encode(batch, subset, n, hmc=hmc)`` (the random draws may differ). Default: one
+        :meth:`encode` per subset, given only that subset's modalities.
+        """
+        return [
+            self.encode({m: batch[m] for m in subset}, subset, n, hmc=hmc) for subset in subsets
+        ]
+
     def decode(self, z: Tensor) -> dict[str, Tensor]:
         """Means of p(x_m | z) for every modality; ``z`` is ``(..., latent_dim)``."""
         raise NotImplementedError

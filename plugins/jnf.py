@@ -28,7 +28,7 @@ Deliberate deviations from the reference code (MultiVae):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -290,11 +290,64 @@ class JNF(MultimodalVAE):
             return LatentSample(experts[0].rsample((n,)))
         return self._sample_poe(experts, n, hmc or self.config.hmc)
 
+    def encode_subsets(
+        self,
+        batch: dict[str, Tensor],
+        subsets: Sequence[Subset],
+        n: int = 1,
+        *,
+        hmc: HMCSettings | None = None,
+    ) -> list[LatentSample]:
+        # Each unimodal encoder runs once for all subsets, and the subsets of each size share
+        # one HMC call: one target whose rows are (subset, datapoint) pairs, each expert's
+        # flow evaluated once on the rows of every subset holding it.
+        subsets = [self.check_subset(s) for s in subsets]
+        settings = hmc or self.config.hmc
+        full = len(self.specs)
+        used = sorted({m for s in subsets if len(s) < full for m in s})
+        experts = {m: self.unimodal_posterior(batch, m) for m in used}
+        out: list[LatentSample | None] = [None] * len(subsets)
+        by_size: dict[int, list[int]] = {}
+        for i, s in enumerate(subsets):
+            if len(s) == full:
+                out[i] = self.encode(batch, s, n)
+            elif len(s) == 1:
+                out[i] = LatentSample(experts[s[0]].rsample((n,)))
+            else:
+                by_size.setdefault(len(s), []).append(i)
+        for k, idx in by_size.items():
+            mods = sorted({m for i in idx for m in subsets[i]})
+            target = ProductOfFlows(
+                [experts[m] for m in mods],
+                prior_power=k - 1,
+                subsets=[[mods.index(m) for m in subsets[i]] for i in idx],
+            )
+            # Adaptation pools acceptances within a subset, never across subsets.
+            rows = experts[mods[0]].batch_shape[0]
+            groups = torch.arange(len(idx)).repeat_interleave(rows)
+            z, rates = self._sample_target(target, n, settings, groups)
+            z = z.unflatten(1, (len(idx), -1))  # (n, S, B, D)
+            rates = rates.unflatten(1, (len(idx), -1)).mean((0, 2)).tolist()
+            for j, i in enumerate(idx):
+                out[i] = LatentSample(z[:, j], {"hmc_acceptance": rates[j]})
+        return out  # type: ignore[return-value]
+
     def _sample_poe(self, experts: list, n: int, settings: HMCSettings) -> LatentSample:
         # Eq. 12: log pi(z) = sum_j log q_j(z|x_j) - (|S|-1) log p(z). The experts were built
         # once above; the target runs only the flows (all experts' MADE blocks in one batched
         # pass, gradient in closed form).
         target = ProductOfFlows(experts, prior_power=len(experts) - 1)
+        z, rates = self._sample_target(target, n, settings)
+        return LatentSample(z, {"hmc_acceptance": float(rates.mean())})
+
+    def _sample_target(
+        self,
+        target: ProductOfFlows,
+        n: int,
+        settings: HMCSettings,
+        groups: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """HMC samples (n, rows, D) of ``target`` and each chain's acceptance (n, rows)."""
         if settings.kind == "paper":
             # Start each chain from a sample of one expert of S chosen at random per chain.
             z0 = target.sample_experts(n)
@@ -305,8 +358,12 @@ class JNF(MultimodalVAE):
             # by its deviations (BENCHMARKS.md, "HMC samplers": measured, it is not a win).
             mean, std = target.gaussian_product()
             z0 = mean + std * torch.randn((n, *mean.shape), dtype=mean.dtype, device=mean.device)
-            result = hmc_sample(target, z0, settings, scale=std if settings.precondition else None)
-        return LatentSample(result.z, {"hmc_acceptance": result.acceptance})
+            scale = std if settings.precondition else None
+            result = hmc_sample(target, z0, settings, scale=scale, groups=groups)
+        rates = result.chain_acceptance
+        if rates is None:  # a sampler that reports only the mean
+            rates = torch.full(result.z.shape[:-1], result.acceptance, device=result.z.device)
+        return result.z, rates
 
     def decode(self, z: Tensor) -> dict[str, Tensor]:
         return {m: likelihood_mean(self.specs[m], dec(z)) for m, dec in self.decoders.items()}

@@ -106,6 +106,74 @@ def test_sample_experts_draws_from_every_expert() -> None:
     assert 0.3 < side.float().mean() < 0.7  # about half of the chains from each expert
 
 
+# Subsets of one size (every expert in equally many: no padding) and of mixed sizes (padded).
+SUBSET_LISTS = [
+    [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)],
+    [(0, 1), (2,), (1, 2, 3)],
+]
+
+
+@pytest.mark.parametrize("subsets", SUBSET_LISTS)
+@pytest.mark.parametrize("stacked", [True, False])
+def test_one_target_for_many_subsets_equals_one_target_per_subset(
+    subsets: list, stacked: bool
+) -> None:
+    # The evaluation samples every subset of a size in one HMC call: the multi-subset target's
+    # row (s, b) must be subset s's own product at datapoint b, value and gradient.
+    experts = _experts(4, 6, 16, b=3)
+    if not stacked:  # zuko's generic flows: the autograd fallback
+        experts = [NormalizingFlow(q.transform, q.base) for q in experts]
+    many = ProductOfFlows(experts, prior_power=1.5, subsets=subsets)
+    assert (many._stack is not None) == stacked
+    z = torch.randn(2, len(subsets) * 3, 6)
+    lp, grad = many.value_and_grad(z)
+    assert lp.shape == (2, len(subsets) * 3) and grad.shape == z.shape
+    for s, sub in enumerate(subsets):
+        one = ProductOfFlows([experts[e] for e in sub], prior_power=1.5)
+        rows = slice(3 * s, 3 * (s + 1))
+        ref_lp, ref_grad = one.value_and_grad(z[:, rows])
+        assert torch.allclose(lp[:, rows], ref_lp, rtol=1e-5, atol=1e-4)
+        assert torch.allclose(grad[:, rows], ref_grad, rtol=1e-5, atol=1e-4)
+        assert torch.allclose(many(z)[:, rows], ref_lp, rtol=1e-5, atol=1e-4)
+        if stacked:
+            mean, std = many.gaussian_product()
+            ref_mean, ref_std = one.gaussian_product()
+            assert torch.allclose(mean[rows], ref_mean, atol=1e-5)
+            assert torch.allclose(std[rows], ref_std, atol=1e-5)
+
+
+@pytest.mark.parametrize("stacked", [True, False])
+def test_many_subset_starts_come_from_each_subsets_own_experts(stacked: bool) -> None:
+    experts = _experts(3, 6, 16, b=2)
+    with torch.no_grad():  # experts far apart: a start's nearest expert is the one it came from
+        for e, q in enumerate(experts):
+            q.posterior.base.linear.bias[:6] = 30.0 * e
+            q.posterior.base.linear.bias[6:] = -6.0  # small variances
+    experts = [q.posterior(q.features) for q in experts]
+    if not stacked:
+        experts = [NormalizingFlow(q.transform, q.base) for q in experts]
+    subsets = [(0, 1), (1, 2), (0, 2)]
+    target = ProductOfFlows(experts, subsets=subsets)
+    z = target.sample_experts(300)
+    assert z.shape == (300, 3 * 2, 6)
+    with torch.no_grad():
+        density = torch.stack([q.log_prob(z.unflatten(1, (3, 2))) for q in experts])
+    source = density.argmax(0)  # (300, S, B): the expert each start came from
+    for s, sub in enumerate(subsets):
+        picked = source[:, s]
+        assert set(picked.unique().tolist()) == set(sub)  # both of its experts, no other
+        assert 0.35 < (picked == sub[0]).float().mean() < 0.65
+
+
+def test_subsets_are_checked() -> None:
+    experts = _experts(2, 4, 8)
+    for bad in ([()], [(0, 0)], [(0, 2)], []):
+        with pytest.raises(ValueError, match="subset"):
+            ProductOfFlows(experts, subsets=bad)
+    with pytest.raises(ValueError, match="one subset"):
+        ProductOfFlows(experts, subsets=[(0,), (1,)]).sample_experts(2, expert=0)
+
+
 def test_flow_distribution_is_zukos_with_its_source() -> None:
     q = FlowPosterior(8, 4)
     h = torch.randn(3, 8)

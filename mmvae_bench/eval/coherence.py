@@ -61,24 +61,36 @@ def conditional_coherence(
     # Stored at native precision on the device (uint8 images: 1/4 of float32); each batch is
     # converted to float32 there, so the split is never held as float.
     x = test.to(device)
-    for subset in all_subsets(mods, proper=True):
-        targets = [m for m in mods if m not in subset]
-        preds: dict[str, list[Tensor]] = {m: [] for m in targets}
-        rates: list[tuple[float, int]] = []
-        for batch, _ in iter_batches(x.select(subset), protocol.batch_size, shuffle=False):
-            sample = model.encode({m: batch[m] for m in subset}, subset, 1, hmc=protocol.hmc)
-            gen = model.decode(sample.z[0])
-            if "hmc_acceptance" in sample.info:
-                rates.append((sample.info["hmc_acceptance"], len(sample.z[0])))
-            for m in targets:
-                preds[m].append(classifiers[m].net(gen[m]).argmax(-1))
-        key = subset_key(subset)
-        accs = {m: balanced_accuracy(torch.cat(preds[m]), test.y, n_classes) for m in targets}
-        per_subset[key] = {**accs, "mean": sum(accs.values()) / len(accs)}
-        if rates:
-            acceptance[key] = sum(r * n for r, n in rates) / sum(n for _, n in rates)
-        if progress:
-            progress(f"{key}: {per_subset[key]['mean']:.3f}")
+    # One encode_subsets call per subset size and test batch: the model samples every subset
+    # of that size together (JNF: one HMC call), and each decoder and classifier runs once on
+    # the samples of all of them.
+    for k in range(1, len(mods)):
+        group = [s for s in all_subsets(mods, proper=True) if len(s) == k]
+        preds: list[dict[str, list[Tensor]]] = [{m: [] for m in mods if m not in s} for s in group]
+        rates: list[list[tuple[float, int]]] = [[] for _ in group]
+        for batch, _ in iter_batches(x, protocol.batch_size, shuffle=False):
+            samples = model.encode_subsets(batch, group, 1, hmc=protocol.hmc)
+            b = samples[0].z.shape[1]
+            gen = model.decode(torch.cat([sample.z[0] for sample in samples]))  # (S * B, ...)
+            for m in mods:
+                holders = [i for i, s in enumerate(group) if m not in s]
+                rows = torch.cat([gen[m][i * b : (i + 1) * b] for i in holders])
+                labels = classifiers[m].net(rows).argmax(-1)
+                for j, i in enumerate(holders):
+                    preds[i][m].append(labels[j * b : (j + 1) * b])
+            for i, sample in enumerate(samples):
+                if "hmc_acceptance" in sample.info:
+                    rates[i].append((sample.info["hmc_acceptance"], b))
+        for i, subset in enumerate(group):
+            key = subset_key(subset)
+            accs = {
+                m: balanced_accuracy(torch.cat(p), test.y, n_classes) for m, p in preds[i].items()
+            }
+            per_subset[key] = {**accs, "mean": sum(accs.values()) / len(accs)}
+            if rates[i]:
+                acceptance[key] = sum(r * n for r, n in rates[i]) / sum(n for _, n in rates[i])
+            if progress:
+                progress(f"{key}: {per_subset[key]['mean']:.3f}")
     by_size: dict[str, dict[str, float]] = {}
     for k in range(1, len(mods)):
         vals = [v["mean"] for s, v in per_subset.items() if len(s.split("+")) == k]

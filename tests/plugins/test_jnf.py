@@ -115,7 +115,7 @@ def test_adaptive_hmc_starts_from_the_gaussian_product(monkeypatch: pytest.Monke
 
     real = jnf_mod.hmc_sample
 
-    def spy(log_target, z0, settings, generator=None, *, scale=None):
+    def spy(log_target, z0, settings, generator=None, *, scale=None, groups=None):
         captured.update(target=log_target, z0=z0, scale=scale)
         return real(log_target, z0, settings, generator, scale=scale)
 
@@ -164,3 +164,32 @@ def test_poe_target_counts_prior_size_minus_one_times(monkeypatch: pytest.Monkey
         expected = sum(model.unimodal_posterior(batch, m).log_prob(z) for m in sub)
         expected = expected - (len(sub) - 1) * log_std_normal(z)
         assert torch.allclose(captured["f"](z), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["paper", "chain", "pooled"])
+def test_encode_subsets_samples_each_subset_from_its_own_modalities(kind: str) -> None:
+    # The evaluation samples every subset of a size in one call. Each subset's samples must
+    # depend on its own modalities only: changing m0's data leaves the subsets without m0
+    # exactly as they were (same seed: same draws), and changes every subset holding it.
+    ds = tiny_dataset(modalities=4)
+    model = make(ds).eval()
+    batch = {m: t[:3] for m, t in ds.test.x.items()}
+    subsets = [("m0", "m1"), ("m1", "m2"), ("m0", "m2"), ("m2", "v"), ("m1",), ("m0",)]
+    settings = (
+        HMCSettings(steps=3, n_leapfrog=2)
+        if kind == "paper"
+        else HMCSettings(kind="adaptive", warmup=2, steps=2, n_leapfrog=2, adapt=kind)
+    )
+
+    def draw(b: dict) -> list:
+        torch.manual_seed(0)
+        with torch.no_grad():
+            return model.encode_subsets(b, subsets, 2, hmc=settings)
+
+    first = draw(batch)
+    changed = draw({**batch, "m0": 1.0 - batch["m0"]})
+    for subset, a, b in zip(subsets, first, changed, strict=True):
+        assert a.z.shape == (2, 3, model.latent_dim)
+        if len(subset) > 1:
+            assert 0.0 <= a.info["hmc_acceptance"] <= 1.0
+        assert torch.equal(a.z, b.z) == ("m0" not in subset), subset
