@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -44,6 +45,7 @@ from mmvae_bench.present import (
     print_error,
     print_record,
     print_sweep,
+    print_wall_time,
     problems_table,
     say,
 )
@@ -290,6 +292,7 @@ def run(
     from mmvae_bench.runner import run as run_model
     from mmvae_bench.tracking import RunTracking, tracking_config
 
+    started = time.perf_counter()
     if overwrite and resume:
         raise BenchError("--overwrite and --resume exclude each other")
     if resume and run_id is None:
@@ -342,6 +345,7 @@ def run(
         )
         track.finished(record)
     print_record(record, Path(out) / record.run_id)
+    print_wall_time(time.perf_counter() - started, record)
 
 
 @app.command()

@@ -31,6 +31,7 @@ __all__ = [
     "print_error",
     "print_record",
     "print_sweep",
+    "print_wall_time",
     "problems_table",
     "say",
 ]
@@ -78,6 +79,9 @@ def print_record(record: RunRecord, run_dir: Path) -> None:
         rates = list(m[P.HMC_ACCEPTANCE].values())
         _row(t, "HMC acceptance", f"{min(rates):.2f}–{max(rates):.2f}")
     _row(t, "protocol", record.protocol.get("name", "?"))
+    for key, label in (("sampler_s", "latent sampler fit"), ("eval_s", "evaluation")):
+        if key in record.timings:
+            _row(t, label, f"{record.timings[key]:.1f} s")
     console.print(t)
     for ext, per_mod in m.get(P.FID, {}).items():
         label = m.get(P.FID_EXTRACTORS, {}).get(ext, {}).get("label", "")
@@ -91,6 +95,20 @@ def print_record(record: RunRecord, run_dir: Path) -> None:
                 _row(t, mod, source, f"{v:.4g}")
         console.print(t)
     console.print(Text(f"record: {run_dir / RECORD_FILE}"))
+
+
+def print_wall_time(seconds: float, record: RunRecord) -> None:
+    """The command's wall time, with the CPU (or GPU) and thread count it ran on."""
+    env = record.environment
+    device = env.get("device", "?")
+    where = env.get("cpu") or "CPU" if str(device) == "cpu" else device
+    console.print(
+        Text(
+            f"wall time {seconds:.0f} s ({seconds / 60:.1f} min) on {where}, "
+            f"{env.get('threads', '?')} torch thread(s); data loading, classifiers, training "
+            "and evaluation included"
+        )
+    )
 
 
 def print_sweep(summary: Any) -> None:

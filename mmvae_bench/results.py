@@ -47,6 +47,7 @@ __all__ = [
     "Skipped",
     "StageRecord",
     "check_name",
+    "cpu_name",
     "environment",
     "file_sha256",
     "git_revision",
@@ -504,8 +505,20 @@ def environment(device: torch.device, threads: int) -> dict[str, Any]:
         "device": dev,
         "threads": threads,
         "platform": platform.platform(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
     }
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; else the platform's processor string)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def file_sha256(path: Path) -> str:

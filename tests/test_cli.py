@@ -59,6 +59,10 @@ def test_run_jnf_circles_squares_end_to_end(tmp_path: Path, cache_dir: Path) -> 
     assert (tmp_path / "r1" / "samples.png").stat().st_size > 1000
     assert (tmp_path / "r1" / "checkpoint.pt").is_file()
     assert "record:" in res.output
+    # What a user times a run by: the phases and the command's wall time, on which CPU.
+    assert record["environment"]["cpu"] and record["timings"]["eval_s"] > 0
+    assert "evaluation" in res.output and "wall time" in res.output
+    assert record["environment"]["cpu"] in " ".join(res.output.split())
     # --fid: the classifier extractor (offline) for both image modalities, shown in a table;
     # the unconditional grid decodes the gmm sampler's codes and the record says so.
     assert set(m["fid"][next(iter(m["fid_extractors"]))]) == {"circle", "square"}

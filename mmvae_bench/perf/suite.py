@@ -27,7 +27,7 @@ from mmvae_bench.perf.inference import hmc_throughput, unimodal_throughput
 from mmvae_bench.perf.timing import peak_memory_mib
 from mmvae_bench.perf.training import stage_throughput
 from mmvae_bench.plugins import Registry
-from mmvae_bench.results import environment, now
+from mmvae_bench.results import cpu_name, environment, now
 
 __all__ = ["PRESETS", "REFERENCE", "SECTIONS", "BenchSettings", "run_bench"]
 
@@ -146,7 +146,7 @@ def run_bench(
         "created": now(),
         "mode": "quick" if settings.quick else "full",
         "settings": {k: v for k, v in dataclasses.asdict(settings).items()},
-        "environment": {**environment(device, settings.threads), "cpu": _cpu_name()},
+        "environment": {**environment(device, settings.threads), "cpu": cpu_name()},
         "load_average": {"start": list(os.getloadavg())},
         # The process before any measurement (torch alone maps ~0.7 GiB here): RSS rows are
         # process peaks, so read them against this.
@@ -337,13 +337,3 @@ def ratios(record: dict[str, Any]) -> list[dict[str, Any]]:
                     }
                 )
     return out
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
