@@ -471,31 +471,17 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-
-    if args.command != "table":
-        if min(args.epochs_joint, args.epochs_unimodal) < 1:
-            parser.error("--epochs-joint and --epochs-unimodal must be >= 1")
-    if args.command == "train-reference":
-        record = train_reference(
-            seed=args.seed,
-            epochs_joint=args.epochs_joint,
-            epochs_unimodal=args.epochs_unimodal,
-            lr=args.lr,
-            batch=args.batch,
-            out=args.out,
-        )
-        print(json.dumps({k: record[k] for k in ("parameters", "stages", "train_s")}, indent=2))
-    elif args.command == "run":
-        run(
-            seeds=args.seeds,
-            epochs_joint=args.epochs_joint,
-            epochs_unimodal=args.epochs_unimodal,
-            lr=args.lr,
-            batch=args.batch,
-            out=args.out,
-        )
-    else:
+    if args.command == "table":
         print(table(args.out))
+        return
+    if min(args.epochs_joint, args.epochs_unimodal) < 1:
+        parser.error("--epochs-joint and --epochs-unimodal must be >= 1")
+    budget = {k: getattr(args, k) for k in ("epochs_joint", "epochs_unimodal", "lr", "batch")}
+    if args.command == "train-reference":
+        record = train_reference(seed=args.seed, out=args.out, **budget)
+        print(json.dumps({k: record[k] for k in ("parameters", "stages", "train_s")}, indent=2))
+    else:
+        run(seeds=args.seeds, out=args.out, **budget)
 
 
 if __name__ == "__main__":

@@ -8,36 +8,43 @@ before. Both run in this process, alternated, on one trained run, with the proto
 settings; the coherence of the two differs only by Monte Carlo noise.
 
     python benchmarks/subset_batching.py RUN_DIR [--protocol quick] [--repeats 2] [--threads 1]
+    python benchmarks/subset_batching.py RUN_DIR --repeats 0 --profile   # where a call's time goes
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 import types
 from pathlib import Path
 
 import torch
 
+from mmvae_bench.data.spec import Split, iter_batches
 from mmvae_bench.eval.classifiers import get_classifiers
 from mmvae_bench.eval.coherence import conditional_coherence, test_subsample
-from mmvae_bench.eval.protocol import COND_COHERENCE_BY_SIZE, get_protocol
-from mmvae_bench.model import MultimodalVAE
+from mmvae_bench.eval.protocol import COND_COHERENCE_BY_SIZE, Protocol, get_protocol
+from mmvae_bench.model import MultimodalVAE, all_subsets
 from mmvae_bench.plugins import load_registry
+from mmvae_bench.results import cpu_name
 from mmvae_bench.runner import load_run
 
 
-def cpu_name() -> str:
-    """The CPU's model name (Linux), else the platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+def profile_call(model: MultimodalVAE, test: Split, protocol: Protocol) -> None:
+    """Wall time and the operators' self CPU time of one batched call: every |S| = 2 subset of
+    one protocol batch of test points."""
+    from torch.profiler import ProfilerActivity, profile
+
+    batch, _ = next(iter(iter_batches(test, protocol.batch_size, shuffle=False)))
+    group = [s for s in all_subsets(model.modalities, proper=True) if len(s) == 2]
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        model.encode_subsets(batch, group, 1, hmc=protocol.hmc)
+        print(f"one call, |S|=2 ({len(group)} subsets): {time.perf_counter() - t0:.1f} s")
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            model.encode_subsets(batch, group, 1, hmc=protocol.hmc)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))
 
 
 def main() -> None:
@@ -48,6 +55,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    ap.add_argument(
+        "--profile", action="store_true", help="profile one batched call (|S|=2, one test batch)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, dataset, record = load_run(args.run_dir, load_registry())
@@ -68,6 +78,10 @@ def main() -> None:
             by_size = {k: round(v["mean"], 4) for k, v in out[COND_COHERENCE_BY_SIZE].items()}
             rows[name].append({"wall_s": round(wall, 2), "coherence_by_size": by_size})
             print(f"{name:>10} repeat {rep}: {wall:6.1f} s  coherence by |S| {by_size}", flush=True)
+    if args.profile:
+        profile_call(model, test, protocol)
+    if not args.repeats:
+        return
     best = {k: min(r["wall_s"] for r in v) for k, v in rows.items()}
     print(
         f"speed-up {best['per-subset'] / best['batched']:.2f}x (best of {args.repeats}); "

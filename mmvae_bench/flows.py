@@ -364,15 +364,7 @@ class ProductOfFlows:
             else:
                 pick = torch.randint(s.n_experts, (n * b,), device=s.mu.device)
             rows = torch.arange(n * b, device=s.mu.device) % b
-            z = torch.empty(n * b, d, dtype=s.mu.dtype, device=s.mu.device)
-            for e in range(s.n_experts):
-                (at,) = torch.nonzero(pick == e, as_tuple=True)
-                if len(at) == 0:
-                    continue
-                r = rows[at]
-                u = s.mu[e, r] + s.sigma[e, r] * torch.randn_like(s.mu[e, r])
-                z[at] = s.invert(e, u, r)
-            return z.view(n, b, d)
+            return s.sample(pick, rows).view(n, b, d)
 
     def _sample_subset_experts(self, n: int) -> Tensor:
         mem, n_s, b = self._members, len(self.subsets), self._batch
@@ -390,17 +382,7 @@ class ProductOfFlows:
             if self._stack is None:
                 z = draws[pick, torch.arange(n, device=dev)[:, None, None], rows]
                 return z.flatten(1, 2)
-            s = self._stack
-            pick, rows = pick.flatten(), rows.flatten()
-            z = torch.empty(pick.shape[0], s.mu.shape[-1], dtype=s.mu.dtype, device=dev)
-            for e in range(s.n_experts):
-                (at,) = torch.nonzero(pick == e, as_tuple=True)
-                if len(at) == 0:
-                    continue
-                r = rows[at]
-                u = s.mu[e, r] + s.sigma[e, r] * torch.randn_like(s.mu[e, r])
-                z[at] = s.invert(e, u, r)
-            return z.view(n, n_s * b, -1)
+            return self._stack.sample(pick.flatten(), rows.flatten()).view(n, n_s * b, -1)
 
 
 def _check_subsets(subsets: Sequence[Sequence[int]] | None, n_experts: int) -> list | None:
@@ -625,6 +607,21 @@ class _MadeStack:
             jac = jac * s
         idx = torch.arange(n_e, device=self.mu.device)
         return points, (self.sigma / jac[idx, idx]) ** 2
+
+    def sample(self, pick: Tensor, rows: Tensor) -> Tensor:
+        """(R, D): row i a draw of expert ``pick[i]`` at datapoint ``rows[i]`` (base sample,
+        then the expert's inverse flow), one inversion per expert."""
+        z = torch.empty(
+            pick.shape[0], self.mu.shape[-1], dtype=self.mu.dtype, device=self.mu.device
+        )
+        for e in range(self.n_experts):
+            (at,) = torch.nonzero(pick == e, as_tuple=True)
+            if len(at) == 0:
+                continue
+            r = rows[at]
+            u = self.mu[e, r] + self.sigma[e, r] * torch.randn_like(self.mu[e, r])
+            z[at] = self.invert(e, u, r)
+        return z
 
     def invert(self, e: int, u: Tensor, rows: Tensor) -> Tensor:
         """z with flow_e(z) = u, for base points u (R, D) of datapoints ``rows`` (R,)."""

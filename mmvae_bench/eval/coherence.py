@@ -68,12 +68,13 @@ def conditional_coherence(
         group = [s for s in all_subsets(mods, proper=True) if len(s) == k]
         preds: list[dict[str, list[Tensor]]] = [{m: [] for m in mods if m not in s} for s in group]
         rates: list[list[tuple[float, int]]] = [[] for _ in group]
+        # The subsets each modality is generated from (those without it).
+        targets = {m: [i for i, s in enumerate(group) if m not in s] for m in mods}
         for batch, _ in iter_batches(x, protocol.batch_size, shuffle=False):
             samples = model.encode_subsets(batch, group, 1, hmc=protocol.hmc)
             b = samples[0].z.shape[1]
             gen = model.decode(torch.cat([sample.z[0] for sample in samples]))  # (S * B, ...)
-            for m in mods:
-                holders = [i for i, s in enumerate(group) if m not in s]
+            for m, holders in targets.items():
                 rows = torch.cat([gen[m][i * b : (i + 1) * b] for i in holders])
                 labels = classifiers[m].net(rows).argmax(-1)
                 for j, i in enumerate(holders):
