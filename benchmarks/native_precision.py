@@ -1,7 +1,8 @@
 """Data at native precision (issue 13 items 1-2): resident bytes and a training A/B.
 
     .venv/bin/python benchmarks/native_precision.py bytes [--samples 2000]
-    .venv/bin/python benchmarks/native_precision.py ab [--steps 40 --rounds 3 --device cpu]
+    .venv/bin/python benchmarks/native_precision.py ab [--dataset polymnist mnist-svhn]
+        [--steps 40 --rounds 3 --device cpu --out FILE.json]
 
 ``bytes``: per dataset, the data bytes both splits hold at the published sizes, as the loaders
 held them (every modality float32, MNIST-SVHN's pairs gathered) and as they hold them now
@@ -9,8 +10,9 @@ held them (every modality float32, MNIST-SVHN's pairs gathered) and as they hold
 loading generated files of ``--samples`` samples per split in the published formats (the test
 suite's writers) through the real loaders and scaling their bytes per sample up.
 
-``ab``: stage-1 (``joint``) training throughput of JNF on PolyMNIST-shaped data in one process,
-the same tuples stored as float32 (the former layout) and as uint8 (now), interleaved over
+``ab``: stage-1 (``joint``) and stage-2 (``unimodal``) training throughput of JNF in one
+process, the same samples stored the former way (float32; MNIST-SVHN's pairs gathered) and the
+native way (uint8; MNIST-SVHN as index pairs into its unique images), interleaved over
 ``--rounds`` so that load on a shared machine hits both alike. The batches are bit-identical
 (tests/data/test_native_precision.py), so only the time differs.
 """
@@ -33,9 +35,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.data.fixtu
 
 from mmvae_bench.data import mhd, mnist_svhn, polymnist  # noqa: E402
 from mmvae_bench.data.memory import format_bytes  # noqa: E402
-from mmvae_bench.data.spec import DataOptions, MultimodalDataset, Split  # noqa: E402
+from mmvae_bench.data.spec import (  # noqa: E402
+    DataOptions,
+    MultimodalDataset,
+    Split,
+    iter_batches,
+)
 from mmvae_bench.model import ModelConfig, ModelEntry  # noqa: E402
 from mmvae_bench.plugins import load_registry  # noqa: E402
+from mmvae_bench.results import cpu_name  # noqa: E402
 from mmvae_bench.runner import resolve_model_config  # noqa: E402
 from mmvae_bench.train import TrainSettings, train  # noqa: E402
 from tests.data.fixtures import write_mhd, write_mnist, write_polymnist, write_svhn  # noqa: E402
@@ -130,50 +138,106 @@ def _scaled(ds: MultimodalDataset, published: int) -> dict[str, float]:
     }
 
 
-def ab(steps: int, rounds: int, device: str, batch_size: int) -> list[dict[str, float]]:
-    """Stage-1 samples/s, float32 vs uint8 storage of the same PolyMNIST-shaped tuples."""
+def _ab_splits(dataset: str, n: int) -> tuple[dict, Split, Split, int]:
+    """(specs, former float32 split, native split, latent dim) of ``n`` random samples."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 10, (n,), generator=g)
+    if dataset == "polymnist":
+        stored = {
+            f"m{k}": torch.randint(0, 256, (n, 3, 28, 28), generator=g, dtype=torch.uint8)
+            for k in range(5)
+        }
+        native = Split(stored, y, divisor=dict.fromkeys(stored, 255.0))
+        floats = Split({m: t.to(torch.float32).div_(255.0) for m, t in stored.items()}, y)
+        return dict(polymnist.SPECS), floats, native, 512
+    # MNIST-SVHN: unique images, each in DM pairs (as the loader pairs them); formerly the
+    # pairs were gathered into float32 tensors, now they are index pairs into uint8 images
+    unique = max(1, n // DM)
+    stored = {
+        "mnist": torch.randint(0, 256, (unique, 1, 28, 28), generator=g, dtype=torch.uint8),
+        "svhn": torch.randint(0, 256, (unique, 3, 32, 32), generator=g, dtype=torch.uint8),
+    }
+    index = {m: torch.randint(0, unique, (n,), generator=g) for m in stored}
+    native = Split(stored, y, divisor=dict.fromkeys(stored, 255.0), index=index)
+    floats = Split({m: t[index[m]].to(torch.float32).div_(255.0) for m, t in stored.items()}, y)
+    return dict(mnist_svhn.SPECS), floats, native, 20
+
+
+def ab(
+    dataset: str, steps: int, rounds: int, device: str, batch_size: int
+) -> list[dict[str, float]]:
+    """Stage-1 and stage-2 samples/s of JNF, the former float32 storage vs the native one.
+
+    The same random samples stored both ways, interleaved over ``rounds`` in one process so
+    that load on a shared machine hits both alike; each round trains a fresh model (same seed)
+    one epoch of ``steps`` batches per stage.
+    """
     torch.set_num_threads(1)
     registry = load_registry()
     entry = registry.model("jnf")
-    n = steps * batch_size
-    g = torch.Generator().manual_seed(0)
-    stored = {
-        f"m{k}": torch.randint(0, 256, (n, 3, 28, 28), generator=g, dtype=torch.uint8)
-        for k in range(5)
-    }
-    y = torch.randint(0, 10, (n,), generator=g)
-    native = Split(stored, y, divisor=dict.fromkeys(stored, 255.0))
-    floats = Split({m: t.to(torch.float32).div_(255.0) for m, t in stored.items()}, y)
-    base = polymnist.SPECS
+    specs, floats, native, latent = _ab_splits(dataset, steps * batch_size)
     accelerator = Accelerator(cpu=device == "cpu")
     rows = []
     for r in range(rounds):
-        for name, split in (("float32", floats), ("uint8", native)):
+        for name, split in (("float32", floats), ("native", native)):
             ds = MultimodalDataset(
-                name="polymnist",
-                specs=dict(base),
+                name=dataset,
+                specs=dict(specs),
                 train=split,
                 test=split,
                 n_classes=10,
-                latent_dim=512,
+                latent_dim=latent,
             )
+            # the batcher alone: one shuffled epoch of float32 batches (gather + conversion)
+            t0 = time.perf_counter()
+            for _ in iter_batches(
+                split, batch_size, shuffle=True, generator=torch.Generator().manual_seed(r)
+            ):
+                pass
+            batches_s = time.perf_counter() - t0
             torch.manual_seed(0)
             model = entry.cls(ds, _config(entry, ds, batch_size)).to(accelerator.device)
-            settings = TrainSettings(epochs={"joint": 1, "unimodal": 0}, progress=False)
-            t0 = time.perf_counter()
-            [report, *_] = train(model, ds, accelerator, settings)
-            wall = time.perf_counter() - t0
-            rows.append(
-                {
-                    "round": r,
-                    "storage": name,
-                    "samples_per_s": report.samples_per_s,
-                    "wall_s": wall,
-                    "data_bytes": split.nbytes,
-                }
-            )
+            settings = TrainSettings(epochs={"joint": 1, "unimodal": 1}, progress=False)
+            reports = train(model, ds, accelerator, settings)
+            row = {
+                "dataset": dataset,
+                "round": r,
+                "storage": name,
+                "data_bytes": split.nbytes,
+                "batch_ms": 1000 * batches_s / steps,
+            }
+            for report in reports:
+                row[f"{report.name}_samples_per_s"] = report.samples_per_s
+                row[f"{report.name}_wall_s"] = report.wall_s
+            rows.append(row)
             print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def _median(rows: list[dict], storage: str, key: str) -> float:
+    values = sorted(r[key] for r in rows if r["storage"] == storage)
+    return values[len(values) // 2]
+
+
+def ab_summary(rows: list[dict]) -> list[dict]:
+    """Per dataset and stage: the median samples/s of each storage and their ratio."""
+    out = []
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        mine = [r for r in rows if r["dataset"] == dataset]
+        for stage in ("joint", "unimodal"):
+            med = {s: _median(mine, s, f"{stage}_samples_per_s") for s in ("float32", "native")}
+            out.append(
+                {
+                    "dataset": dataset,
+                    "stage": stage,
+                    "float32_median": med["float32"],
+                    "native_median": med["native"],
+                    "native_over_float32": med["native"] / med["float32"],
+                    "batch_ms_float32": _median(mine, "float32", "batch_ms"),
+                    "batch_ms_native": _median(mine, "native", "batch_ms"),
+                }
+            )
+    return out
 
 
 def epoch(data_dir: Path, samples: int, dm: int) -> dict[str, float]:
@@ -217,10 +281,12 @@ def main() -> None:
     b = sub.add_parser("bytes")
     b.add_argument("--samples", type=int, default=2000)
     a = sub.add_parser("ab")
+    a.add_argument("--dataset", nargs="+", default=["polymnist", "mnist-svhn"])
     a.add_argument("--steps", type=int, default=40)
     a.add_argument("--rounds", type=int, default=3)
     a.add_argument("--batch-size", type=int, default=64)
     a.add_argument("--device", default="cpu")
+    a.add_argument("--out", type=Path, help="write the rows and medians as JSON here")
     e = sub.add_parser("epoch")
     e.add_argument("--data-dir", type=Path, required=True)
     e.add_argument("--samples", type=int, default=4096)
@@ -240,10 +306,27 @@ def main() -> None:
     elif args.cmd == "epoch":
         epoch(args.data_dir, args.samples, args.dm)
     else:
-        rows = ab(args.steps, args.rounds, args.device, args.batch_size)
-        for name in ("float32", "uint8"):
-            rates = [r["samples_per_s"] for r in rows if r["storage"] == name]
-            print(f"{name}: median {sorted(rates)[len(rates) // 2]:.1f} samples/s over {rates}")
+        rows = []
+        for dataset in args.dataset:
+            rows += ab(dataset, args.steps, args.rounds, args.device, args.batch_size)
+        summary = ab_summary(rows)
+        for m in summary:
+            print(
+                f"{m['dataset']:11s} {m['stage']:9s} float32 {m['float32_median']:7.1f}  "
+                f"native {m['native_median']:7.1f} samples/s  "
+                f"native/float32 {m['native_over_float32']:.3f}  batch "
+                f"{m['batch_ms_float32']:.2f} / {m['batch_ms_native']:.2f} ms"
+            )
+        if args.out:
+            record = {
+                "command": " ".join(sys.argv),
+                "cpu": cpu_name(),
+                "threads": 1,
+                "torch": torch.__version__,
+                "rows": rows,
+                "summary": summary,
+            }
+            args.out.write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":
