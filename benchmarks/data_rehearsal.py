@@ -19,6 +19,10 @@ Usage (from the repository root; timings on a loaded machine are contended)::
     python benchmarks/data_rehearsal.py trials --root /tmp/rehearsal --dataset polymnist -n 1 4 8
     python benchmarks/data_rehearsal.py all --root /tmp/rehearsal --out rehearsal.json
 
+``--preset paper`` builds JNF at the published runs' configuration for the epoch and protocol
+rows (PolyMNIST and MNIST-SVHN); ``--epoch-samples N`` extrapolates the epoch to N training
+samples, so that files written at a ``--scale`` below 1 still give a full epoch's time.
+
 ``--scale`` shrinks every count (``--scale 0.001``: tens of samples) for the test that runs in
 ``make test`` (tests/test_data_rehearsal.py), which checks bytes per sample, not wall time.
 Running against another checkout of the suite (the "before" of BENCHMARKS.md): put it first on
@@ -165,7 +169,14 @@ def first_batch(dataset: Any, batch_size: int) -> dict[str, Any]:
 
 
 def measure_process(
-    root: Path, dataset: str, *, steps: int, protocol: bool, threads: int
+    root: Path,
+    dataset: str,
+    *,
+    steps: int,
+    protocol: bool,
+    threads: int,
+    preset: str | None = None,
+    epoch_samples: int | None = None,
 ) -> dict[str, Any]:
     """Load ``dataset`` in this process and measure it (see the module docstring)."""
     import torch
@@ -204,42 +215,72 @@ def measure_process(
         "baseline_rss_bytes": base["Rss"],
     }
     del batch
+    if preset:
+        rec["preset"] = preset
     if steps:
-        rec["epoch"] = _epoch_time(registry, ds, steps)
+        rec["epoch"] = _epoch_time(registry, ds, steps, preset, epoch_samples)
     if protocol:
-        rec["quick_protocol"] = _quick_protocol(registry, ds)
+        rec["quick_protocol"] = _quick_protocol(registry, ds, preset)
     rec["peak_rss_bytes"] = peak_rss_bytes()
     return rec
 
 
-def _jnf(registry: Any, ds: Any) -> Any:
+def _jnf(registry: Any, ds: Any, preset: str | None = None) -> Any:
     import torch
 
     from mmvae_bench.runner import resolve_model_config
 
     entry = registry.model("jnf")
     torch.manual_seed(0)
-    return entry.cls(ds, resolve_model_config(entry, ds, {}))
+    if preset is None:  # the call older checkouts (the "before" builds) understand
+        return entry.cls(ds, resolve_model_config(entry, ds, {}))
+    from mmvae_bench.presets import preset_values
+
+    values = preset_values(entry, ds.name, preset, registry.models)
+    return entry.cls(ds, resolve_model_config(entry, ds, {}, values))
 
 
-def _epoch_time(registry: Any, ds: Any, steps: int) -> dict[str, Any]:
-    """Seconds per JNF stage, extrapolated to one epoch of ``ds.train`` from ``steps`` steps.
+def _validation_fraction(dataset: str, preset: str | None) -> float:
+    if preset is None:
+        return 0.0
+    from mmvae_bench.presets import TRAINING
+
+    return TRAINING[preset][dataset].validation
+
+
+def _epoch_time(
+    registry: Any,
+    ds: Any,
+    steps: int,
+    preset: str | None = None,
+    epoch_samples: int | None = None,
+) -> dict[str, Any]:
+    """Seconds per JNF stage, extrapolated to one epoch from ``steps`` steps.
 
     Each stage trains two epochs of ``steps`` batches through the real trainer; the second
     epoch (from the end of the first to its own end, so without set-up or warm-up) is timed.
+    One epoch is ``epoch_samples`` training samples (default: ``ds.train``'s), less the
+    preset's validation fraction; the validation pass itself is not timed.
     """
     import torch
     from accelerate import Accelerator
 
     from mmvae_bench.train import TrainSettings, train
 
-    model = _jnf(registry, ds)
+    model = _jnf(registry, ds, preset)
     stages = [s.name for s in model.stages]
     bs = model.config.batch_size
     sub = ds.train.subset(torch.arange(min(len(ds.train), steps * bs)))
     small = type(ds)(**{**{f: getattr(ds, f) for f in ds.__dataclass_fields__}, "train": sub})
-    out: dict[str, Any] = {"batch_size": bs, "steps": steps, "extrapolated": True}
-    batches = math.ceil(len(ds.train) / bs)
+    n = (epoch_samples or len(ds.train)) * (1.0 - _validation_fraction(ds.name, preset))
+    out: dict[str, Any] = {
+        "batch_size": bs,
+        "steps": steps,
+        "extrapolated": True,
+        "epoch_samples": n,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    batches = math.ceil(n / bs)
     for stage in stages:
         ends: list[float] = []
         epochs = {s: 0 for s in stages} | {stage: 2}
@@ -256,13 +297,13 @@ def _epoch_time(registry: Any, ds: Any, steps: int) -> dict[str, Any]:
     return out
 
 
-def _quick_protocol(registry: Any, ds: Any) -> dict[str, Any]:
+def _quick_protocol(registry: Any, ds: Any, preset: str | None = None) -> dict[str, Any]:
     import torch
 
     from mmvae_bench.eval.protocol import PROTOCOLS
     from mmvae_bench.perf.evaluation import protocol_time, random_classifiers
 
-    model = _jnf(registry, ds).eval()
+    model = _jnf(registry, ds, preset).eval()
     device = torch.device("cpu")
     t = protocol_time(
         model, ds, random_classifiers(ds, device), PROTOCOLS["quick"], len(ds.test), device
@@ -351,6 +392,10 @@ def _subprocess_measure(args: argparse.Namespace, dataset: str, **extra: Any) ->
     cmd += ["--steps", str(extra.get("steps", 0)), "--threads", str(args.threads)]
     if extra.get("protocol"):
         cmd.append("--protocol")
+    if getattr(args, "preset", None):
+        cmd += ["--preset", args.preset]
+    if getattr(args, "epoch_samples", None):
+        cmd += ["--epoch-samples", str(args.epoch_samples)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
@@ -408,6 +453,13 @@ def main(argv: list[str] | None = None) -> None:
         if name in ("measure", "all"):
             s.add_argument("--steps", type=int, default=0, help="training steps per stage")
             s.add_argument("--protocol", action="store_true", help="time the quick protocol")
+            s.add_argument("--preset", default=None, help="model config preset (paper)")
+            s.add_argument(
+                "--epoch-samples",
+                type=int,
+                default=None,
+                help="training samples the epoch is extrapolated to (default: the loaded split)",
+            )
         if name == "trials":
             s.add_argument("-n", type=int, nargs="+", default=[1, 4, 8])
         if name == "all":
@@ -427,6 +479,8 @@ def main(argv: list[str] | None = None) -> None:
                     steps=args.steps,
                     protocol=args.protocol,
                     threads=args.threads,
+                    preset=args.preset,
+                    epoch_samples=args.epoch_samples,
                 )
             )
         )
