@@ -392,9 +392,9 @@ def _subprocess_measure(args: argparse.Namespace, dataset: str, **extra: Any) ->
     cmd += ["--steps", str(extra.get("steps", 0)), "--threads", str(args.threads)]
     if extra.get("protocol"):
         cmd.append("--protocol")
-    if getattr(args, "preset", None):
+    if args.preset:
         cmd += ["--preset", args.preset]
-    if getattr(args, "epoch_samples", None):
+    if args.epoch_samples:
         cmd += ["--epoch-samples", str(args.epoch_samples)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:

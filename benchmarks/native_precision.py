@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -177,17 +178,17 @@ def ab(
     entry = registry.model("jnf")
     specs, floats, native, latent = _ab_splits(dataset, steps * batch_size)
     accelerator = Accelerator(cpu=device == "cpu")
+    sides = {
+        name: MultimodalDataset(
+            name=dataset, specs=dict(specs), train=split, test=split, n_classes=10,
+            latent_dim=latent,
+        )
+        for name, split in (("float32", floats), ("native", native))
+    }  # fmt: skip
     rows = []
     for r in range(rounds):
-        for name, split in (("float32", floats), ("native", native)):
-            ds = MultimodalDataset(
-                name=dataset,
-                specs=dict(specs),
-                train=split,
-                test=split,
-                n_classes=10,
-                latent_dim=latent,
-            )
+        for name, ds in sides.items():
+            split = ds.train
             # the batcher alone: one shuffled epoch of float32 batches (gather + conversion)
             t0 = time.perf_counter()
             for _ in iter_batches(
@@ -215,8 +216,7 @@ def ab(
 
 
 def _median(rows: list[dict], storage: str, key: str) -> float:
-    values = sorted(r[key] for r in rows if r["storage"] == storage)
-    return values[len(values) // 2]
+    return statistics.median_high(r[key] for r in rows if r["storage"] == storage)
 
 
 def ab_summary(rows: list[dict]) -> list[dict]:

@@ -22,36 +22,43 @@ import sys
 import time
 from pathlib import Path
 
+from mmvae_bench.config import DEFAULT_CACHE_DIR
+from mmvae_bench.results import cpu_name
+
 CONFIGS = {
     "1 thread": (1, {}),
     "2 threads": (2, {}),
     "2 threads, passive": (2, {"OMP_WAIT_POLICY": "PASSIVE"}),
 }
 
-WORKER = r"""
-import json, sys, time, dataclasses, torch
-from accelerate import Accelerator
-from mmvae_bench.plugins import load_registry
-from mmvae_bench.runner import load_dataset, resolve_model_config
-from mmvae_bench.train import TrainSettings, train
-threads, steps, cache = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-torch.set_num_threads(threads)
-registry = load_registry()
-ds = load_dataset(registry, "polymnist-lite", cache_dir=cache)
-entry = registry.model("jnf")
-config = resolve_model_config(entry, ds, {}, None)
-acc = Accelerator(cpu=True)
-def run(n):
-    part = dataclasses.replace(ds, train=ds.train.subset(torch.arange(n * config.batch_size)))
-    torch.manual_seed(0)
-    model = entry.cls(part, config)
-    [report, *_] = train(model, part, acc, TrainSettings(epochs={"joint": 1, "unimodal": 0},
-                                                          progress=False))
-    return report
-run(4)  # warm-up: allocator, kernels
-r = run(steps)
-print(json.dumps({"samples_per_s": r.samples_per_s, "wall_s": r.wall_s}))
-"""
+
+def worker(threads: int, steps: int, cache: str) -> None:
+    """In the fresh process: stage-1 samples/s of ``steps`` batches after a 4-batch warm-up."""
+    import dataclasses
+
+    import torch
+    from accelerate import Accelerator
+
+    from mmvae_bench.plugins import load_registry
+    from mmvae_bench.runner import load_dataset, resolve_model_config
+    from mmvae_bench.train import TrainSettings, train
+
+    torch.set_num_threads(threads)
+    registry = load_registry()
+    ds = load_dataset(registry, "polymnist-lite", cache_dir=cache)
+    entry = registry.model("jnf")
+    config = resolve_model_config(entry, ds, {}, None)
+
+    def run(n: int):
+        part = dataclasses.replace(ds, train=ds.train.subset(torch.arange(n * config.batch_size)))
+        torch.manual_seed(0)
+        settings = TrainSettings(epochs={"joint": 1, "unimodal": 0}, progress=False)
+        return train(entry.cls(part, config), part, Accelerator(cpu=True), settings)[0]
+
+    run(4)  # warm-up: allocator, kernels
+    report = run(steps)
+    print(json.dumps({"samples_per_s": report.samples_per_s, "wall_s": report.wall_s}))
+
 
 LOAD = r"""
 import torch, time
@@ -70,7 +77,7 @@ def measure(name: str, steps: int, cache: str, loaded: bool) -> dict:
         time.sleep(2)
     try:
         out = subprocess.run(
-            [sys.executable, "-c", WORKER, str(threads), str(steps), cache],
+            [sys.executable, __file__, "--worker", str(threads), str(steps), cache],
             env={**os.environ, **env},
             capture_output=True,
             text=True,
@@ -85,16 +92,15 @@ def measure(name: str, steps: int, cache: str, loaded: bool) -> dict:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--worker"]:
+        threads, steps, cache = sys.argv[2:5]
+        return worker(int(threads), int(steps), cache)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--cache-dir", default=None, help="default: the suite's cache")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from mmvae_bench.config import DEFAULT_CACHE_DIR
-    from mmvae_bench.results import cpu_name
-
     cache = args.cache_dir or str(DEFAULT_CACHE_DIR)
 
     rows = []

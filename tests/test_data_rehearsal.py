@@ -8,13 +8,10 @@ resident data memory (never wall time): that does not depend on the scale.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.benchmark_scripts import load_script
+
 GIB = 2**30
 # Resident data memory at the published sizes and default settings (issue 13 item 5).
 TARGET_BYTES = {"polymnist": 0.8 * GIB, "mhd": 1.2 * GIB, "mnist-svhn": 0.5 * GIB}
@@ -23,19 +20,9 @@ TARGET_BYTES = {"polymnist": 0.8 * GIB, "mhd": 1.2 * GIB, "mnist-svhn": 0.5 * GI
 PUBLISHED_SAMPLES = {"polymnist": 70_000, "mhd": 60_000, "mnist-svhn": 1_400_000}
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location(
-        "data_rehearsal", REPO / "benchmarks" / "data_rehearsal.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory: pytest.TempPathFactory):
-    script = _script()
+    script = load_script("data_rehearsal")
     root = tmp_path_factory.mktemp("rehearsal")
     script.write(root, 0.0002)  # 10 samples a part (the writers' minimum)
     return script, root

@@ -7,9 +7,7 @@ reference's timing JSON, and two sides that do not share an architecture or budg
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -17,19 +15,10 @@ import pytest
 
 from mmvae_bench.errors import BenchError
 from mmvae_bench.results import RunRecord, StageRecord
+from tests.benchmark_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "records_v1" / "runs" / "jnf-s1"
-
-
-def _module() -> ModuleType:
-    path = ROOT / "benchmarks" / "jnf_vs_reference.py"
-    spec = importlib.util.spec_from_file_location("jnf_vs_reference", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _write_run(jvr: ModuleType, out: Path, side: str, seed: int, coh: list[float], **config):
@@ -56,7 +45,7 @@ def _write_run(jvr: ModuleType, out: Path, side: str, seed: int, coh: list[float
 
 
 def test_table_sets_both_sides_per_seed_with_mean_and_std(tmp_path: Path) -> None:
-    jvr = _module()
+    jvr = load_script("jnf_vs_reference")
     _write_run(jvr, tmp_path, "ours", 0, [0.5, 0.6, 0.7, 0.8])
     _write_run(jvr, tmp_path, "ours", 1, [0.7, 0.8, 0.9, 1.0])
     _write_run(jvr, tmp_path, "reference", 0, [0.4, 0.5, 0.6, 0.7])
@@ -72,7 +61,7 @@ def test_table_sets_both_sides_per_seed_with_mean_and_std(tmp_path: Path) -> Non
 
 
 def test_table_refuses_sides_of_different_architecture(tmp_path: Path) -> None:
-    jvr = _module()
+    jvr = load_script("jnf_vs_reference")
     _write_run(jvr, tmp_path, "ours", 0, [0.5, 0.6, 0.7, 0.8], flow_hidden=64)
     _write_run(jvr, tmp_path, "reference", 0, [0.4, 0.5, 0.6, 0.7])
     with pytest.raises(BenchError, match="flow_hidden = 128, but ours-s0 has 64"):
@@ -80,4 +69,4 @@ def test_table_refuses_sides_of_different_architecture(tmp_path: Path) -> None:
 
 
 def test_table_without_runs_says_what_to_do(tmp_path: Path) -> None:
-    assert "no evaluated runs" in _module().table(tmp_path)
+    assert "no evaluated runs" in load_script("jnf_vs_reference").table(tmp_path)

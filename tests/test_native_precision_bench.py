@@ -8,27 +8,16 @@ order the trainer draws. The summary's medians and ratios are checked on fixture
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from mmvae_bench.data.spec import iter_batches
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.benchmark_scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location(
-        "native_precision", REPO / "benchmarks" / "native_precision.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("native_precision")
 
 
 @pytest.mark.parametrize("dataset", ["polymnist", "mnist-svhn"])

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from typer.testing import CliRunner
 from mmvae_bench import sweep as sweeps
 from mmvae_bench.cli import app
 from mmvae_bench.plugins import load_registry
+from tests.benchmark_scripts import load_script
 from tests.data.test_run_published import write_mnist_svhn_labelled
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,18 +20,9 @@ E2 = ROOT / "benchmarks" / "paper_e2_flow_depth.toml"
 E3 = ROOT / "benchmarks" / "paper_e3_projectors.toml"
 
 
-def _e1_module():
-    path = ROOT / "benchmarks" / "e1_latent_maps.py"
-    spec = importlib.util.spec_from_file_location("e1_latent_maps", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 def test_e1_writes_the_latent_map_figure_and_its_numbers(tmp_path: Path) -> None:
-    e1 = _e1_module()
+    e1 = load_script("e1_latent_maps")
     out = tmp_path / "e1" / "maps.png"
     argv = ["--epochs-joint", "1", "--epochs-unimodal", "1", "--train-limit", "128"]
     summary = e1.main([*argv, "--points", "30", "--samples", "3", "--out", str(out)])
@@ -52,7 +42,7 @@ def test_e1_gaussian_twin_shares_the_joint_part_and_has_no_flow() -> None:
 
     from mmvae_bench.testing import tiny_dataset
 
-    e1 = _e1_module()
+    e1 = load_script("e1_latent_maps")
     entry = load_registry().model("jnf")
     ds = tiny_dataset(("image28", "vector"), n=8)
     cfg = entry.config(latent_dim=2, flow_depth=2, flow_hidden=8, flow_layers=1, width=2)
