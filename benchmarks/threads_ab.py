@@ -6,7 +6,9 @@ Each configuration runs in a fresh process (OpenMP reads its environment once, w
 loads): JNF's stage-1 (``joint``) training on polymnist-lite at the demo's settings (batch 64,
 default config), ``--steps`` batches, timed by the trainer after one warm-up epoch of 4 batches.
 Configurations: 1 thread; 2 threads (OpenMP's default waiting: threads spin between parallel
-regions); 2 threads with ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep between regions). Each runs
+regions); 2 threads with ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep between regions); ``auto``
+(``--threads auto``: the trainer's ThreadGovernor picks 1 or 2 by measuring, its probes
+included in the time; their cost amortises over a longer run than ``--steps``). Each runs
 quiet and beside one other job (a 1-thread matrix-product loop standing for another run), and the
 rounds alternate the configurations so that the machine's drift hits all alike. The CPU name is
 recorded: the answer depends on it.
@@ -29,10 +31,11 @@ CONFIGS = {
     "1 thread": (1, {}),
     "2 threads": (2, {}),
     "2 threads, passive": (2, {"OMP_WAIT_POLICY": "PASSIVE"}),
+    "auto": ("auto", {}),
 }
 
 
-def worker(threads: int, steps: int, cache: str) -> None:
+def worker(threads: str, steps: int, cache: str) -> None:
     """In the fresh process: stage-1 samples/s of ``steps`` batches after a 4-batch warm-up."""
     import dataclasses
 
@@ -43,7 +46,8 @@ def worker(threads: int, steps: int, cache: str) -> None:
     from mmvae_bench.runner import load_dataset, resolve_model_config
     from mmvae_bench.train import TrainSettings, train
 
-    torch.set_num_threads(threads)
+    auto = threads == "auto"
+    torch.set_num_threads(1 if auto else int(threads))
     registry = load_registry()
     ds = load_dataset(registry, "polymnist-lite", cache_dir=cache)
     entry = registry.model("jnf")
@@ -52,12 +56,15 @@ def worker(threads: int, steps: int, cache: str) -> None:
     def run(n: int):
         part = dataclasses.replace(ds, train=ds.train.subset(torch.arange(n * config.batch_size)))
         torch.manual_seed(0)
-        settings = TrainSettings(epochs={"joint": 1, "unimodal": 0}, progress=False)
+        settings = TrainSettings(
+            epochs={"joint": 1, "unimodal": 0}, progress=False, adapt_threads=2 if auto else 0
+        )
         return train(entry.cls(part, config), part, Accelerator(cpu=True), settings)[0]
 
     run(4)  # warm-up: allocator, kernels
     report = run(steps)
-    print(json.dumps({"samples_per_s": report.samples_per_s, "wall_s": report.wall_s}))
+    row = {"samples_per_s": report.samples_per_s, "wall_s": report.wall_s}
+    print(json.dumps({**row, "thread_steps": report.thread_steps}))
 
 
 LOAD = r"""
@@ -94,7 +101,7 @@ def measure(name: str, steps: int, cache: str, loaded: bool) -> dict:
 def main() -> None:
     if sys.argv[1:2] == ["--worker"]:
         threads, steps, cache = sys.argv[2:5]
-        return worker(int(threads), int(steps), cache)
+        return worker(threads, int(steps), cache)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--rounds", type=int, default=2)

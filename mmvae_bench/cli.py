@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 from rich.logging import RichHandler
@@ -23,6 +23,7 @@ from mmvae_bench.config import (
     DEFAULT_CACHE_DIR,
     Device,
     HMCName,
+    LRSchedule,
     Precision,
     ProtocolName,
     RunConfig,
@@ -66,6 +67,20 @@ F = TypeVar("F", bound=Callable[..., Any])
 # threads slowed ~100x while another process held a core, and 1 thread did not. Half the
 # cores keeps a laptop responsive and leaves room for a second job; --threads overrides.
 DEFAULT_THREADS = max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
+def parse_threads(value: str) -> int | Literal["auto"]:
+    """``--threads``: an integer >= 1 or ``auto``."""
+    if value == "auto":
+        return "auto"
+    try:
+        n = int(value)
+    except ValueError:
+        raise BenchError(f"--threads must be an integer >= 1 or 'auto', got {value!r}") from None
+    if n < 1:
+        raise BenchError(f"--threads must be an integer >= 1 or 'auto', got {value!r}")
+    return n
+
 
 PluginOpt = Annotated[
     list[Path] | None,
@@ -223,7 +238,13 @@ def run(
         typer.Option(help="Epochs for every stage (N) or per stage (STAGE=N); repeatable."),
     ] = None,
     device: DeviceOpt = "auto",
-    threads: ThreadsOpt = DEFAULT_THREADS,
+    threads: Annotated[
+        str,
+        typer.Option(
+            help="torch threads, or auto: training keeps the faster of 1 thread and every "
+            "core, re-measured every 30 s (for a machine whose load changes)."
+        ),
+    ] = str(DEFAULT_THREADS),
     out: Annotated[Path, typer.Option(help="Folder for run records.")] = Path("runs"),
     quick: Annotated[bool, typer.Option(help="Use the quick evaluation protocol.")] = False,
     protocol: Annotated[
@@ -286,6 +307,13 @@ def run(
             help="End each stage with its best-validation parameters (default: preset's)."
         ),
     ] = None,
+    lr_schedule: Annotated[
+        str | None,
+        typer.Option(
+            help="cosine: each stage's learning rate decays to 0 along a half cosine over its "
+            "steps (default: constant, or the preset's plateau schedule)."
+        ),
+    ] = None,
 ) -> None:
     """Train a model, evaluate it, and write runs/<run-id>/results.json."""
     from mmvae_bench.runner import default_run_id
@@ -307,7 +335,7 @@ def run(
         dataset=dataset,
         seed=seed,
         device=coerce_value("--device", device, Device),
-        threads=threads,
+        threads=parse_threads(threads),
         out=out,
         protocol=protocol_choice(quick, protocol),
         hmc=None if hmc is None else coerce_value("--hmc", hmc, HMCName),
@@ -329,6 +357,9 @@ def run(
         validation=validation,
         lr_patience=lr_patience,
         keep_best=keep_best,
+        lr_schedule=None
+        if lr_schedule is None
+        else coerce_value("--lr-schedule", lr_schedule, LRSchedule),
     )
     if tracking is not None and cfg.run_id is None:
         # The tracked run is named by the run id: fix it before the run starts.

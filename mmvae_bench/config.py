@@ -37,6 +37,7 @@ FIDKind = Literal["classifier", "inception"]  # FID feature extractors, see eval
 ProtocolName = Literal["full", "quick"]  # evaluation protocols, see eval/protocol.py
 HMCName = Literal["paper", "adaptive"]  # subset-posterior samplers, see hmc.HMCKind
 TrackerKind = Literal["mlflow", "tensorboard"]  # experiment trackers, see tracking.py
+LRSchedule = Literal["constant", "cosine"]  # learning-rate schedules, see train.TrainSettings
 DEFAULT_CACHE_DIR = Path(".cache/mmvae-bench")  # built-in datasets, classifiers, FID statistics
 # Seeds reach torch, NumPy and scikit-learn; the last two take 0 <= seed < 2**32.
 MAX_SEED = 2**32 - 1
@@ -51,7 +52,9 @@ class RunConfig:
         dataset: registry name of the dataset.
         seed: seed of model init, batching and sampling.
         device: ``cpu``, ``cuda`` or ``auto`` (cuda when available).
-        threads: torch intra-op threads (see the CLI's ``--threads`` for the default's reason).
+        threads: torch intra-op threads (see the CLI's ``--threads`` for the default's reason);
+            ``"auto"``: training keeps the faster of 1 thread and every core, re-measured while
+            it runs (:class:`mmvae_bench.threads.ThreadGovernor`).
         out: folder that receives ``<run-id>/``.
         protocol: evaluation protocol name (``full`` or ``quick``).
         hmc: the protocol's subset-posterior sampler (``paper`` or ``adaptive``); None: the
@@ -85,13 +88,15 @@ class RunConfig:
             without a split); None: the preset's, else no schedule.
         keep_best: end each stage with its lowest-validation-loss parameters; None: the
             preset's, else off. Needs a validation split.
+        lr_schedule: ``cosine``: each stage's learning rate decays to 0 along a half cosine
+            over its steps; None: constant (or the preset's ReduceLROnPlateau).
     """
 
     model: str
     dataset: str = "polymnist-lite"
     seed: int = 0
     device: Device = "auto"
-    threads: int = 1
+    threads: int | Literal["auto"] = 1
     out: Path = Path("runs")
     protocol: ProtocolName = "full"
     hmc: HMCName | None = None
@@ -114,6 +119,7 @@ class RunConfig:
     validation_seed: int = 42
     lr_patience: int | None = None
     keep_best: bool | None = None
+    lr_schedule: LRSchedule | None = None
 
     def __post_init__(self) -> None:
         for name in ("model", "dataset", "device", "protocol", "precision"):
@@ -130,8 +136,10 @@ class RunConfig:
             from mmvae_bench.names import check_name
 
             check_name(self.run_id, "run id")
-        if self.threads < 1:
-            raise BenchError(f"threads must be >= 1, got {self.threads}")
+        if self.threads != "auto" and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
+            raise BenchError(f"threads must be an integer >= 1 or 'auto', got {self.threads!r}")
         if self.sampler not in typing.get_args(SamplerKind):
             raise BenchError(
                 f"sampler must be one of {list(typing.get_args(SamplerKind))}, got {self.sampler!r}"
@@ -153,6 +161,10 @@ class RunConfig:
             raise BenchError(f"validation must be in [0, 1), got {self.validation}")
         if self.lr_patience is not None and self.lr_patience < 0:
             raise BenchError(f"lr_patience must be >= 0, got {self.lr_patience}")
+        if self.lr_schedule is not None:
+            coerce_value("lr_schedule", self.lr_schedule, LRSchedule)
+            if self.lr_patience is not None:
+                raise BenchError("lr_schedule and lr_patience exclude each other: pick one")
 
 
 def fid_extractor(

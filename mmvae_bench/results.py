@@ -59,8 +59,9 @@ __all__ = [
 
 #: Version of the record schema this code writes. 1: the untyped record of mmvae-bench <= 0.1
 #: (no ``epochs``, ``plugins``, ``command``, ``uid``); 2: without ``preset``, ``imported`` and
-#: the stages' ``validation_loss``/``best_epoch``; 3: this schema.
-SCHEMA_VERSION = 3
+#: the stages' ``validation_loss``/``best_epoch``; 3: without the stages' ``thread_steps``;
+#: 4: this schema.
+SCHEMA_VERSION = 4
 RECORD_FILE = "results.json"
 # The sample grids in a run folder (written by `run` and `evaluate`, linked by leaderboards).
 COND_GRID = "samples.png"
@@ -107,6 +108,8 @@ class StageRecord:
     precompute_s: float = 0.0
     validation_loss: float | None = None  # the kept parameters' held-out loss (if any)
     best_epoch: int | None = None  # the kept epoch (1-based) under keep_best
+    # ``--threads auto``: training steps run at each torch thread count, ``{"1": n, "2": m}``
+    thread_steps: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -320,6 +323,9 @@ def migrate(raw: Any) -> dict[str, Any]:
         # Schema 3 added optional fields only (preset, imported, per-stage validation): a
         # schema-2 record ran no preset, was trained here and held nothing out.
         data["schema"] = 3
+    if data["schema"] == 3:
+        # Schema 4 added the stages' optional ``thread_steps`` (``--threads auto``).
+        data["schema"] = 4
     return data
 
 

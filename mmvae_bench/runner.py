@@ -44,6 +44,7 @@ from mmvae_bench.results import (
 )
 from mmvae_bench.rundir import CHECKPOINT_FILE, SAMPLER_FILE, Mode, claim_run_dir, locked
 from mmvae_bench.samplers import LatentSampler, load_or_fit_sampler
+from mmvae_bench.threads import start_threads
 from mmvae_bench.train import StageReport, TrainSettings, compile_submodules, epoch_plan, train
 
 if TYPE_CHECKING:  # fid.py's torch-fidelity import costs ~2 s: only when FID is asked for
@@ -152,9 +153,10 @@ def resolve_training(cfg: RunConfig) -> RunConfig:
         cfg,
         validation=validation,
         validation_seed=preset.validation_seed if preset else cfg.validation_seed,
+        # A schedule asked for replaces the preset's ReduceLROnPlateau.
         lr_patience=cfg.lr_patience
         if cfg.lr_patience is not None
-        else (preset.lr_patience if preset else None),
+        else (preset.lr_patience if preset and cfg.lr_schedule is None else None),
         keep_best=cfg.keep_best if cfg.keep_best is not None else bool(preset and preset.keep_best),
     )
     if resolved.keep_best and not resolved.validation:
@@ -173,6 +175,8 @@ def train_settings(cfg: RunConfig, plan: dict[str, int], progress: bool) -> Trai
         validation_seed=cfg.validation_seed,
         lr_patience=cfg.lr_patience,
         keep_best=bool(cfg.keep_best),
+        lr_schedule=cfg.lr_schedule or "constant",
+        adapt_threads=start_threads(cfg.threads) if cfg.threads == "auto" else 0,
     )
 
 
@@ -216,7 +220,7 @@ def run(
     when training had finished.
     """
     say = status or (lambda msg: None)
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(start_threads(cfg.threads))
     entry = registry.model(cfg.model)
     preset = (
         preset_values(entry, cfg.dataset, cfg.preset, registry.models)
@@ -430,6 +434,7 @@ def _resume_point(
             ("config", old.config, fresh.config),
             ("epochs", old.epochs, fresh.epochs),
             ("precision", old.run.get("precision"), fresh.run.get("precision")),
+            ("lr_schedule", old.run.get("lr_schedule"), fresh.run.get("lr_schedule")),
         )
         if a != b
     ]

@@ -19,8 +19,10 @@ from mmvae_bench.data.spec import MultimodalDataset, Split, iter_batches
 from mmvae_bench.errors import BenchError, NonFiniteLossError
 from mmvae_bench.flows import FlowPosterior
 from mmvae_bench.model import MultimodalVAE, Stage
+from mmvae_bench.threads import ThreadGovernor
 
 __all__ = [
+    "LR_SCHEDULES",
     "StageReport",
     "TrainSettings",
     "compile_submodules",
@@ -34,6 +36,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+LR_SCHEDULES = ("constant", "cosine")  # TrainSettings.lr_schedule
 
 EpochCallback = Callable[[str, int, dict[str, float]], None]
 # After a stage: its report and the random states that make a resumed run continue exactly.
@@ -54,6 +58,12 @@ class TrainSettings:
     validation_seed: int = 42  # seed of the held-out draw, independent of ``seed``
     lr_patience: int | None = None  # ReduceLROnPlateau patience (on the validation loss)
     keep_best: bool = False  # end each stage with its lowest-validation-loss parameters
+    # "cosine": each stage's learning rate decays from the stage's lr to 0 along a half cosine
+    # over its steps (one value per step); "constant": the stage's lr throughout.
+    lr_schedule: str = "constant"
+    # > 0: let a ThreadGovernor keep torch at the faster of 1 and this many threads, re-measured
+    # every 30 s (``--threads auto``); 0: leave torch's thread count alone.
+    adapt_threads: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.validation < 1.0:
@@ -62,6 +72,12 @@ class TrainSettings:
             raise BenchError(f"lr_patience must be >= 0, got {self.lr_patience}")
         if self.keep_best and self.validation == 0.0:
             raise BenchError("keep_best needs a validation split (validation > 0)")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise BenchError(
+                f"lr_schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}"
+            )
+        if self.lr_schedule != "constant" and self.lr_patience is not None:
+            raise BenchError("lr_schedule and lr_patience exclude each other: pick one schedule")
 
 
 @dataclass
@@ -78,6 +94,8 @@ class StageReport:
     precompute_s: float = 0.0
     validation_loss: float | None = None  # the kept parameters' validation loss
     best_epoch: int | None = None  # the epoch (1-based) whose parameters were kept
+    # Under ``adapt_threads``: steps run at each torch thread count, ``{"1": n, "2": m}``.
+    thread_steps: dict[str, int] = field(default_factory=dict)
 
 
 def holdout(split: Split, fraction: float, seed: int) -> tuple[Split, Split | None]:
@@ -230,6 +248,7 @@ def train(
     gen = torch.Generator().manual_seed(settings.seed)
     if rng_state is not None:
         _restore_rng(rng_state, gen)
+    governor = ThreadGovernor(settings.adapt_threads) if settings.adapt_threads > 0 else None
     reports: list[StageReport] = []
     for stage in model.stages:
         if stage.name in done:
@@ -259,6 +278,7 @@ def train(
             gen,
             on_epoch,
             x_val,
+            governor,
         )
         report.wall_s += t_pre
         report.precompute_s = t_pre
@@ -303,6 +323,7 @@ def _run_stage(
     gen: torch.Generator,
     on_epoch: EpochCallback | None,
     x_val: Split | None = None,
+    governor: ThreadGovernor | None = None,
 ) -> StageReport:
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -320,7 +341,15 @@ def _run_stage(
         if (lr_patience := settings.lr_patience) is not None
         else None
     )
+    cosine = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(_torch_optimizer(opt), T_max=max(total, 1))
+        if settings.lr_schedule == "cosine"
+        else None
+    )
     best: tuple[float, int, dict[str, Tensor]] | None = None  # loss, epoch, parameters
+    steps_before = dict(governor.steps) if governor is not None else {}
+    if governor is not None:
+        governor.start()
     t0 = time.perf_counter()
     with Progress(*columns, disable=not settings.progress, transient=False) as bar:
         task = bar.add_task(f"{stage.name}", total=total, status="")
@@ -340,6 +369,10 @@ def _run_stage(
                 opt.zero_grad(set_to_none=True)
                 accelerator.backward(loss)
                 opt.step()
+                if cosine is not None:
+                    cosine.step()
+                if governor is not None:
+                    governor.step()
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + v.detach().float()
                 pending.append(loss.detach().float())
@@ -372,6 +405,7 @@ def _run_stage(
                     best = (val, epoch + 1, _stage_state(model, stage))
             if plateau is not None:
                 plateau.step(last["val_loss"] if x_val is not None else last["loss"])
+            if plateau is not None or cosine is not None:
                 last["lr"] = float(_torch_optimizer(opt).param_groups[0]["lr"])  # next epoch's
             if on_epoch is not None:
                 on_epoch(stage.name, epoch, last)
@@ -388,6 +422,13 @@ def _run_stage(
         loss=last,
         validation_loss=best[0] if best is not None else last.get("val_loss"),
         best_epoch=best[1] if best is not None else None,
+        thread_steps={
+            str(n): k - steps_before.get(n, 0)
+            for n, k in sorted(governor.steps.items())
+            if k > steps_before.get(n, 0)
+        }
+        if governor is not None
+        else {},
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,26 @@ def test_fid_options_are_checked_before_training(tmp_path: Path) -> None:
 def test_bad_epochs_and_device() -> None:
     assert "epochs" in _error(["run", "jnf", "--epochs", "joint=-1"])
     assert "device" in _error(["run", "jnf", "--device", "tpu"])
+
+
+def test_threads_auto_and_a_cosine_schedule_are_recorded(tmp_path: Path, cache_dir: Path) -> None:
+    args = ["run", "jnf", "--dataset", "circles-squares", "--epochs", "2", "--no-evaluate"]
+    tiny = [a for a in TINY_JNF if a not in ("--threads", "1")]
+    where = ["--out", str(tmp_path), "--cache-dir", str(cache_dir), "--run-id", "r"]
+    res = runner.invoke(app, [*args, *tiny, *where, "--threads", "auto", "--lr-schedule", "cosine"])
+    assert res.exit_code == 0, res.output
+    record = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert record["environment"]["threads"] == "auto"
+    assert record["run"]["lr_schedule"] == "cosine"
+    for stage in record["stages"].values():  # every step ran at 1 or at every usable core
+        counts = stage["thread_steps"]
+        assert counts and set(counts) <= {"1", str(min(8, len(os.sched_getaffinity(0))))}
+        assert sum(counts.values()) == stage["steps"]
+        assert stage["loss"]["lr"] == pytest.approx(0.0, abs=1e-12)  # decayed to zero
+    for bad in ("0", "two"):
+        assert "--threads must be an integer >= 1 or 'auto'" in _error([*args, "--threads", bad])
+    assert "must be one of" in _error([*args, "--lr-schedule", "linear"])
+    assert "exclude each other" in _error([*args, "--lr-schedule", "cosine", "--lr-patience", "2"])
 
 
 def test_models_and_datasets_list() -> None:

@@ -229,7 +229,7 @@ def test_the_training_half_resolves_from_the_preset_and_can_be_overridden() -> N
 
 def test_a_preset_run_is_recorded_and_apart_on_the_leaderboard(tmp_path: Path) -> None:
     from mmvae_bench.leaderboard.runs import config_id, config_identity
-    from mmvae_bench.results import RunRecord
+    from mmvae_bench.results import SCHEMA_VERSION, RunRecord
 
     base = {
         "schema": 3,
@@ -253,9 +253,13 @@ def test_a_preset_run_is_recorded_and_apart_on_the_leaderboard(tmp_path: Path) -
     paper = RunRecord.from_json(
         {**base, "preset": "paper", "run": {**base["run"], "validation": 0.1, "keep_best": True}}
     )
-    assert old.preset is None and old.schema == 3  # schema 2 migrates
+    assert old.preset is None and old.schema == SCHEMA_VERSION  # schema 2 migrates
     # A run without a preset or held-out data keeps the id older records had.
     assert config_id(config_identity(plain)) == config_id(config_identity(old))
     identity = config_identity(paper)
     assert identity["preset"] == "paper" and identity["validation"] == 0.1
     assert config_id(identity) != config_id(config_identity(plain))
+    # A cosine schedule is another row; "constant" is what every run without one did.
+    for schedule, apart in (("cosine", True), ("constant", False)):
+        run = RunRecord.from_json({**base, "run": {**base["run"], "lr_schedule": schedule}})
+        assert (config_id(config_identity(run)) != config_id(config_identity(plain))) is apart

@@ -1,6 +1,8 @@
-"""The trainer's held-out validation: the split, the LR schedule, the best epoch kept."""
+"""The trainer's held-out validation: the split, the LR schedules, the best epoch kept."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -99,3 +101,28 @@ def test_the_lr_drops_after_each_epoch_that_does_not_improve() -> None:
             best = min(best, val)
             assert after == pytest.approx(lr, rel=1e-9)
     assert any(lr < 3e-2 for *_, lr in seen)  # the run did hit a plateau (else nothing tested)
+
+
+def test_cosine_decays_each_stage_from_its_lr_to_zero_step_by_step() -> None:
+    ds = tiny_dataset(n=48)  # 6 steps an epoch at batch 8
+    torch.manual_seed(0)
+    model = _model(ds)
+    settings = TrainSettings(progress=False, lr_schedule="cosine", epochs={"*": 3})
+    seen: list[tuple[str, int, float]] = []
+    train(
+        model,
+        ds,
+        Accelerator(cpu=True),
+        settings,
+        on_epoch=lambda stage, e, m: seen.append((stage, e, m["lr"])),
+    )
+    total = 3 * 6
+    for stage in ("joint", "unimodal"):
+        lrs = [lr for s, _, lr in seen if s == stage]
+        want = [3e-2 * 0.5 * (1 + math.cos(math.pi * 6 * (e + 1) / total)) for e in range(3)]
+        assert lrs == pytest.approx(want, abs=1e-12)
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)  # the last step ran at (almost) zero
+    with pytest.raises(BenchError, match="lr_schedule must be one of"):
+        TrainSettings(lr_schedule="linear")
+    with pytest.raises(BenchError, match="exclude each other"):
+        TrainSettings(lr_schedule="cosine", lr_patience=3)

@@ -40,7 +40,7 @@ __all__ = [
 # Run settings besides the model config that change results; the seed, run id, device, threads
 # and paths do not, so runs that differ only in those share a row.
 _RUN_KEYS_IN_CONFIG = ("precision",)
-_TRAINING_KEYS = ("validation", "lr_patience", "keep_best")
+_TRAINING_KEYS = ("validation", "lr_patience", "keep_best", "lr_schedule")
 PRIOR_SAMPLER: dict[str, Any] = {"kind": "prior", "settings": {}}
 
 
@@ -124,7 +124,8 @@ def config_identity(record: RunRecord) -> dict[str, Any]:
     if record.preset is not None:
         identity["preset"] = record.preset
     for key in _TRAINING_KEYS:
-        if record.run.get(key):
+        # "constant" is what a run without a schedule did: the id older records had.
+        if record.run.get(key) and record.run[key] != "constant":
             identity[key] = record.run[key]
     if record.run.get("validation"):
         identity["validation_seed"] = record.run.get("validation_seed")
