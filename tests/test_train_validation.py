@@ -80,45 +80,39 @@ def test_keep_best_ends_each_stage_with_its_best_validation_epoch() -> None:
         assert all(torch.equal(state[k], v) for k, v in kept.items())
 
 
-def test_the_lr_drops_after_each_epoch_that_does_not_improve() -> None:
+def _epoch_metrics(settings: TrainSettings) -> list[tuple[str, dict[str, float]]]:
+    """(stage, metrics) after every epoch of the tiny JNF trained on 48 points with seed 0."""
     ds = tiny_dataset(n=48)
     torch.manual_seed(0)
-    model = _model(ds)
-    settings = TrainSettings(progress=False, validation=0.25, lr_patience=0, epochs={"*": 4})
-    seen: list[tuple[str, float, float]] = []
+    seen: list[tuple[str, dict[str, float]]] = []
     train(
-        model,
+        _model(ds),
         ds,
         Accelerator(cpu=True),
         settings,
-        on_epoch=lambda stage, e, m: seen.append((stage, m["val_loss"], m["lr"])),
+        on_epoch=lambda stage, e, m: seen.append((stage, dict(m))),
     )
+    return seen
+
+
+def test_the_lr_drops_after_each_epoch_that_does_not_improve() -> None:
+    settings = TrainSettings(progress=False, validation=0.25, lr_patience=0, epochs={"*": 4})
+    seen = _epoch_metrics(settings)
     for stage in ("joint", "unimodal"):
-        rows = [(v, lr) for s, v, lr in seen if s == stage]
+        rows = [(m["val_loss"], m["lr"]) for s, m in seen if s == stage]
         lr, best = 3e-2, float("inf")
         for val, after in rows:  # ReduceLROnPlateau(mode="min", factor=0.1, patience=0)
             lr = lr if val < best * (1 - 1e-4) else lr * 0.1
             best = min(best, val)
             assert after == pytest.approx(lr, rel=1e-9)
-    assert any(lr < 3e-2 for *_, lr in seen)  # the run did hit a plateau (else nothing tested)
+    assert any(m["lr"] < 3e-2 for _, m in seen)  # the run did hit a plateau (else nothing tested)
 
 
 def test_cosine_decays_each_stage_from_its_lr_to_zero_step_by_step() -> None:
-    ds = tiny_dataset(n=48)  # 6 steps an epoch at batch 8
-    torch.manual_seed(0)
-    model = _model(ds)
-    settings = TrainSettings(progress=False, lr_schedule="cosine", epochs={"*": 3})
-    seen: list[tuple[str, int, float]] = []
-    train(
-        model,
-        ds,
-        Accelerator(cpu=True),
-        settings,
-        on_epoch=lambda stage, e, m: seen.append((stage, e, m["lr"])),
-    )
-    total = 3 * 6
+    seen = _epoch_metrics(TrainSettings(progress=False, lr_schedule="cosine", epochs={"*": 3}))
+    total = 3 * 6  # 48 points at batch 8: 6 steps an epoch
     for stage in ("joint", "unimodal"):
-        lrs = [lr for s, _, lr in seen if s == stage]
+        lrs = [m["lr"] for s, m in seen if s == stage]
         want = [3e-2 * 0.5 * (1 + math.cos(math.pi * 6 * (e + 1) / total)) for e in range(3)]
         assert lrs == pytest.approx(want, abs=1e-12)
     assert lrs[-1] == pytest.approx(0.0, abs=1e-12)  # the last step ran at (almost) zero
