@@ -76,9 +76,9 @@ def parse_threads(value: str) -> int | Literal["auto"]:
     try:
         n = int(value)
     except ValueError:
-        raise BenchError(f"--threads must be an integer >= 1 or 'auto', got {value!r}") from None
+        raise BenchError(f"--threads must be >= 1 or 'auto', got {value!r}") from None
     if n < 1:
-        raise BenchError(f"--threads must be an integer >= 1 or 'auto', got {value!r}")
+        raise BenchError(f"--threads must be >= 1 or 'auto', got {value!r}")
     return n
 
 

@@ -139,7 +139,7 @@ class RunConfig:
         if self.threads != "auto" and (
             isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
         ):
-            raise BenchError(f"threads must be an integer >= 1 or 'auto', got {self.threads!r}")
+            raise BenchError(f"threads must be >= 1 or 'auto', got {self.threads!r}")
         if self.sampler not in typing.get_args(SamplerKind):
             raise BenchError(
                 f"sampler must be one of {list(typing.get_args(SamplerKind))}, got {self.sampler!r}"

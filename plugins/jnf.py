@@ -379,8 +379,9 @@ def mmvae_bench_models() -> list[ModelEntry]:
             description="JNF: joint VAE + normalizing-flow unimodal posteriors, PoE with HMC",
             defaults={
                 # The demo budget (issue 2): `make demo` on the 2-core CPU reaches one-input
-                # conditional coherence 0.56 with 20 + 20 epochs (~8 min of training); ad-hoc
-                # runs with 12 + 10 stayed near 0.5.
+                # conditional coherence 0.56 with 20 + 20 epochs; every shorter budget measured
+                # (batch 32/64/128, cosine or constant rate: BENCHMARKS.md, "make demo") stayed
+                # at or below 0.52.
                 "polymnist-lite": {"lr": 2e-3, "epochs_joint": 20, "epochs_unimodal": 20},
                 "circles-squares": {"epochs_joint": 30, "epochs_unimodal": 20},
             },

@@ -405,8 +405,9 @@ CASES: list[Case] = [
     Case("run-epochs-unknown-stage", RUN("--epochs", "bogus=1"), "unknown stage(s) ['bogus']"),
     Case("run-epochs-stage-negative", RUN("--epochs", "joint=-1"), "joint must be >= 0"),
     Case("run-epochs-empty-stage", RUN("--epochs", "=3"), "--epochs expects N or STAGE=N"),
-    Case("run-threads-zero", RUN("--threads", "0"), "threads must be >= 1, got 0"),
-    Case("run-threads-negative", RUN("--threads", "-2"), "threads must be >= 1, got -2"),
+    Case("run-threads-zero", RUN("--threads", "0"), "threads must be >= 1 or 'auto', got '0'"),
+    Case("run-threads-negative", RUN("--threads", "-2"), "must be >= 1 or 'auto', got '-2'"),
+    Case("run-threads-word", RUN("--threads", "many"), "must be >= 1 or 'auto', got 'many'"),
     Case("run-device-tpu", RUN("--device", "tpu"), "--device must be one of"),
     Case(
         "run-device-cuda-without-gpu",
