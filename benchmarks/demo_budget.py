@@ -25,6 +25,7 @@ import torch
 from accelerate import Accelerator
 
 from mmvae_bench.config import parse_assignments
+from mmvae_bench.data.spec import iter_batches
 from mmvae_bench.plugins import load_registry
 from mmvae_bench.results import cpu_name
 from mmvae_bench.runner import load_dataset, resolve_model_config
@@ -32,14 +33,11 @@ from mmvae_bench.threads import native_threads
 from mmvae_bench.train import TrainSettings, train
 
 
+@torch.no_grad()
 def joint_means(model, split, chunk: int = 1000) -> torch.Tensor:
     """The joint posterior means of every point of ``split``, ``(N, latent_dim)``."""
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(split), chunk):
-            batch = split.subset(torch.arange(i, min(i + chunk, len(split)))).batch(None)
-            out.append(model.joint_posterior(batch)[0])
-    return torch.cat(out)
+    batches = iter_batches(split, chunk, shuffle=False)
+    return torch.cat([model.joint_posterior(batch)[0] for batch, _ in batches])
 
 
 def probe_accuracy(model, dataset) -> float:

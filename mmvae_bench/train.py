@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,7 @@ from accelerate import Accelerator
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import Tensor
 
+from mmvae_bench.config import LRSchedule
 from mmvae_bench.data.memory import RESIDENT_SPLIT_HINT, require_device_memory
 from mmvae_bench.data.spec import MultimodalDataset, Split, iter_batches
 from mmvae_bench.errors import BenchError, NonFiniteLossError
@@ -22,7 +24,6 @@ from mmvae_bench.model import MultimodalVAE, Stage
 from mmvae_bench.threads import ThreadGovernor
 
 __all__ = [
-    "LR_SCHEDULES",
     "StageReport",
     "TrainSettings",
     "compile_submodules",
@@ -37,7 +38,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-LR_SCHEDULES = ("constant", "cosine")  # TrainSettings.lr_schedule
+LR_SCHEDULES = typing.get_args(LRSchedule)  # TrainSettings.lr_schedule (the CLI's choices)
 
 EpochCallback = Callable[[str, int, dict[str, float]], None]
 # After a stage: its report and the random states that make a resumed run continue exactly.
