@@ -2,7 +2,7 @@
 (issue 14 item 4: a shorter demo that keeps its coherence).
 
     .venv/bin/python benchmarks/demo_stage2.py RUN_DIR NAME [--set KEY=VALUE ...]
-        [--init random|joint] [--epochs 10] [--every 2] [--threads 2] [--out FILE.json]
+        [--init random|joint|joint-frozen] [--epochs 10] [--every 2] [--threads 2] [--out FILE.json]
 
 Takes the joint stage of a finished JNF run (``RUN_DIR``, e.g. the demo's) as it is, builds the
 unimodal stage afresh from the run's config plus ``--set`` overrides (``lr_unimodal=0.004``,
@@ -10,7 +10,8 @@ unimodal stage afresh from the run's config plus ``--set`` overrides (``lr_unimo
 and every ``--every`` epochs scores the one-input coherence (|S| = 1, no HMC) on the quick
 protocol's 500 test points with the run's coherence classifiers. ``--init joint`` starts the
 unimodal encoders as copies of the trained joint encoders (a warm start: each already maps x_j
-to features of its digit) instead of random nets; the flows start random either way. Stage 1
+to features of its digit) instead of random nets, ``--init joint-frozen`` also keeps them
+frozen (only the flows train); the flows start random either way. Stage 1
 is held fixed, so the rows compare stage-2 settings only, at a fraction of a demo's cost. One
 line per score, the rows as JSON with ``--out``; the CPU's name is printed with the figures.
 """
@@ -58,7 +59,8 @@ def prepare(run_dir: Path, overrides: dict, init: str = "random"):
     """``run_dir``'s model with its trained joint stage and a fresh unimodal stage.
 
     Returns ``(model, dataset, record, finished stage names)``; the unimodal encoders are
-    random (seed 0) or, with ``init="joint"``, copies of the joint encoders.
+    random (seed 0) or, with ``init="joint"`` or ``"joint-frozen"`` (not trained), copies of
+    the joint encoders.
     """
     registry = load_registry()
     trained, ds, record = load_run(run_dir, registry)
@@ -70,9 +72,26 @@ def prepare(run_dir: Path, overrides: dict, init: str = "random"):
     frozen = {m for s in joint for m in s.modules}
     state = {k: v for k, v in trained.state_dict().items() if k.split(".")[0] in frozen}
     model.load_state_dict(state, strict=False)
-    if init == "joint":
+    if init in ("joint", "joint-frozen"):
         model.unimodal_encoders.load_state_dict(model.joint_encoders.state_dict())
+    if init == "joint-frozen":
+        _train_flows_only(model)
     return model, ds, record, [s.name for s in joint]
+
+
+def _train_flows_only(model) -> None:
+    """Make ``model``'s unimodal stage train its flow posteriors only (encoders frozen)."""
+    base = type(model)
+
+    class FlowsOnly(base):
+        @property
+        def stages(self):
+            return [
+                dataclasses.replace(s, modules=("posteriors",)) if s.name == "unimodal" else s
+                for s in base.stages.fget(self)
+            ]
+
+    model.__class__ = FlowsOnly
 
 
 def run(
@@ -118,7 +137,7 @@ def main() -> None:
     p.add_argument("run_dir", type=Path, help="a finished JNF run (its joint stage is reused)")
     p.add_argument("name", help="a label for this setting's rows")
     p.add_argument("--set", dest="set_", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--init", default="random", choices=["random", "joint"])
+    p.add_argument("--init", default="random", choices=["random", "joint", "joint-frozen"])
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--every", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)

@@ -28,7 +28,7 @@ def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-@pytest.mark.parametrize("init", ["random", "joint"])
+@pytest.mark.parametrize("init", ["random", "joint", "joint-frozen"])
 def test_keeps_the_joint_stage_and_starts_the_unimodal_one_afresh(run_dir: Path, init) -> None:
     from mmvae_bench.plugins import load_registry
     from mmvae_bench.runner import load_run
@@ -39,7 +39,10 @@ def test_keeps_the_joint_stage_and_starts_the_unimodal_one_afresh(run_dir: Path,
     for name in ("joint_encoders", "joint_merge", "decoders"):
         assert _same(getattr(model, name), getattr(trained, name)), name
     assert not _same(model.posteriors, trained.posteriors)
-    assert _same(model.unimodal_encoders, model.joint_encoders) == (init == "joint")
+    assert _same(model.unimodal_encoders, model.joint_encoders) == (init != "random")
+    [stage2] = [s for s in model.stages if s.name == "unimodal"]
+    frozen = init == "joint-frozen"
+    assert ("unimodal_encoders" in stage2.modules) != frozen
 
 
 def test_scores_one_input_coherence_at_the_epochs_asked_for(run_dir: Path) -> None:
