@@ -241,8 +241,9 @@ def run(
     threads: Annotated[
         str,
         typer.Option(
-            help="torch threads, or auto: training keeps the faster of 1 thread and every "
-            "core, re-measured every 30 s (for a machine whose load changes)."
+            help="torch threads, or auto: training and the evaluation's HMC keep the faster "
+            "of 1 thread and every core, re-measured every 30 s (for a machine whose load "
+            "changes)."
         ),
     ] = str(DEFAULT_THREADS),
     out: Annotated[Path, typer.Option(help="Folder for run records.")] = Path("runs"),
@@ -503,7 +504,13 @@ def evaluate(
         bool, typer.Option(help="Fit the latent sampler again instead of loading sampler.pt.")
     ] = False,
     device: DeviceOpt = "auto",
-    threads: ThreadsOpt = DEFAULT_THREADS,
+    threads: Annotated[
+        str,
+        typer.Option(
+            help="torch threads, or auto: HMC keeps the faster of 1 thread and every core, "
+            "re-measured every 30 s."
+        ),
+    ] = str(DEFAULT_THREADS),
     plugin: PluginOpt = None,
     tracker: TrackerOpt = None,
     tracking_uri: TrackingUriOpt = None,
@@ -517,10 +524,11 @@ def evaluate(
     which one produced the metrics.
     """
     from mmvae_bench.runner import evaluate_run, fid_settings, resolve_device
-    from mmvae_bench.threads import set_torch_threads
+    from mmvae_bench.threads import set_torch_threads, start_threads
     from mmvae_bench.tracking import RunTracking, tracking_config
 
-    set_torch_threads(threads)
+    n_threads = parse_threads(threads)
+    set_torch_threads(start_threads(n_threads))
     if sampler is not None:
         sampler = coerce_value("--sampler", sampler, SamplerKind)
     settings = fid_settings(fid_choice(fid, fid_extractor, inception_weights), inception_weights)
@@ -536,7 +544,7 @@ def evaluate(
             refit_sampler=refit_sampler,
             hmc=None if hmc is None else coerce_value("--hmc", hmc, HMCName),
             device=resolve_device(device),
-            threads=threads,
+            threads=n_threads,
             status=say,
         )
         track.finished(record)

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from mmvae_bench.errors import BenchError
+from mmvae_bench.threads import loop_start, loop_step
 
 __all__ = ["HMCKind", "HMCResult", "HMCSettings", "hmc_sample"]
 
@@ -172,6 +173,7 @@ def _paper(
     # a copy of the original loop and checks equality bit for bit at one seed).
     eps = settings.step_size
     z = z0.detach().clone()
+    loop_start()
     lp, grad = _value_and_grad(log_prob, z)
     accepted = torch.zeros(z.shape[:-1], device=z.device)
 
@@ -196,6 +198,7 @@ def _paper(
         lp = torch.where(accept, lpn, lp)
         grad = torch.where(accept.unsqueeze(-1), gn, grad)
         accepted += accept
+        loop_step()
     rate = (accepted.mean() / max(settings.steps, 1)).item() if settings.steps else 1.0
     per_chain = accepted / settings.steps if settings.steps else torch.ones_like(accepted)
     return HMCResult(
@@ -212,6 +215,7 @@ def _adaptive(
     groups: Tensor | None = None,
 ) -> HMCResult:
     z = z0.detach().clone()
+    loop_start()
     if groups is not None:
         groups = groups.to(z.device).expand(z.shape[:-1]).flatten()
         counts = torch.bincount(groups).clamp_min(1).to(z.dtype)
@@ -263,6 +267,7 @@ def _adaptive(
             log_eps_bar = eta * log_eps + (1.0 - eta) * log_eps_bar
         else:
             accepted += accept
+        loop_step()
     eps_final = log_eps_bar.exp() if settings.warmup else log_eps.exp()
     rate = (accepted.mean() / settings.steps).item() if settings.steps else 1.0
     per_chain = accepted / settings.steps if settings.steps else torch.ones_like(accepted)

@@ -44,7 +44,7 @@ from mmvae_bench.results import (
 )
 from mmvae_bench.rundir import CHECKPOINT_FILE, SAMPLER_FILE, Mode, claim_run_dir, locked
 from mmvae_bench.samplers import LatentSampler, load_or_fit_sampler
-from mmvae_bench.threads import start_threads
+from mmvae_bench.threads import ThreadGovernor, governed, start_threads
 from mmvae_bench.train import StageReport, TrainSettings, compile_submodules, epoch_plan, train
 
 if TYPE_CHECKING:  # fid.py's torch-fidelity import costs ~2 s: only when FID is asked for
@@ -178,6 +178,26 @@ def train_settings(cfg: RunConfig, plan: dict[str, int], progress: bool) -> Trai
         lr_schedule=cfg.lr_schedule or "constant",
         adapt_threads=start_threads(cfg.threads) if cfg.threads == "auto" else 0,
     )
+
+
+def evaluation_governor(threads: int | str, device: torch.device) -> ThreadGovernor | None:
+    """Under ``--threads auto`` on the CPU, the governor of an evaluation's HMC iterations."""
+    if threads != "auto" or device.type != "cpu":
+        return None
+    return ThreadGovernor(start_threads(threads))
+
+
+def _evaluate_governed(
+    governor: ThreadGovernor | None, evaluate: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """``evaluate()``'s metrics, its HMC iterations reported to ``governor`` (if any); the
+    iterations run at each thread count go into ``eval_timings.hmc_thread_steps``."""
+    with governed(governor):
+        metrics = evaluate()
+    if governor is not None and isinstance(metrics.get("eval_timings"), dict):
+        steps = {str(n): k for n, k in sorted(governor.steps.items())}
+        metrics["eval_timings"]["hmc_thread_steps"] = steps
+    return metrics
 
 
 def _run_settings(cfg: RunConfig) -> dict[str, Any]:
@@ -384,18 +404,21 @@ def _run_claimed(
         if cfg.evaluate:
             t1 = time.perf_counter()
             say(f"evaluating ({protocol.name} protocol)")
-            record.metrics = evaluate_model(
-                model,
-                dataset,
-                protocol,
-                cache_dir=Path(cfg.cache_dir),
-                device=device,
-                progress=say,
-                registry=registry,
-                classifier_weights=cfg.classifier_weights,
-                fid=fid,
-                seed=cfg.seed,
-                latent_sampler=sampler.sample,
+            record.metrics = _evaluate_governed(
+                evaluation_governor(cfg.threads, device),
+                lambda: evaluate_model(
+                    model,
+                    dataset,
+                    protocol,
+                    cache_dir=Path(cfg.cache_dir),
+                    device=device,
+                    progress=say,
+                    registry=registry,
+                    classifier_weights=cfg.classifier_weights,
+                    fid=fid,
+                    seed=cfg.seed,
+                    latent_sampler=sampler.sample,
+                ),
             )
             record.timings["eval_s"] = time.perf_counter() - t1
             record.figures = _sample_grids(model, dataset, run_dir, sampler, device)
@@ -603,7 +626,7 @@ def evaluate_run(
     refit_sampler: bool = False,
     hmc: str | None = None,
     device: torch.device | None = None,
-    threads: int = 1,
+    threads: int | str = 1,
     status: Status | None = None,
 ) -> RunRecord:
     """Re-evaluate a trained run from its checkpoint; update its record atomically.
@@ -615,8 +638,9 @@ def evaluate_run(
     The latent sampler is loaded from ``sampler.pt`` when it is of the requested kind
     (default: the run's), else fitted with the run's seed and saved. Sampling is seeded by the
     run's seed: evaluating twice gives the same numbers. The HMC sampler is ``hmc``
-    (default: the run's; records from before samplers were named ran the paper's). Returns
-    the updated record.
+    (default: the run's; records from before samplers were named ran the paper's).
+    ``threads="auto"`` on the CPU lets a :class:`ThreadGovernor` pick the HMC iterations'
+    thread count. Returns the updated record.
     """
     say = status or (lambda msg: None)
     dev = device or torch.device("cpu")
@@ -650,18 +674,21 @@ def evaluate_run(
             torch.cuda.manual_seed_all(record.seed)
         say(f"evaluating {record.run_id} ({proto.name} protocol) on {dev}")
         t0 = time.perf_counter()
-        metrics = evaluate_model(
-            model,
-            dataset,
-            proto,
-            cache_dir=Path(record.run.get("cache_dir") or DEFAULT_CACHE_DIR),
-            device=dev,
-            progress=say,
-            registry=registry,
-            classifier_weights=classifier_weights,
-            fid=fid,
-            seed=record.seed,
-            latent_sampler=latent.sample,
+        metrics = _evaluate_governed(
+            evaluation_governor(threads, dev),
+            lambda: evaluate_model(
+                model,
+                dataset,
+                proto,
+                cache_dir=Path(record.run.get("cache_dir") or DEFAULT_CACHE_DIR),
+                device=dev,
+                progress=say,
+                registry=registry,
+                classifier_weights=classifier_weights,
+                fid=fid,
+                seed=record.seed,
+                latent_sampler=latent.sample,
+            ),
         )
         wall_s = time.perf_counter() - t0
         figures = _sample_grids(model, dataset, Path(run_dir), latent, dev)

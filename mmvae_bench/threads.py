@@ -18,12 +18,22 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 
 from mmvae_bench.errors import BenchError
 
-__all__ = ["ThreadGovernor", "native_threads", "set_torch_threads", "start_threads", "usable_cores"]
+__all__ = [
+    "ThreadGovernor",
+    "governed",
+    "loop_start",
+    "loop_step",
+    "native_threads",
+    "set_torch_threads",
+    "start_threads",
+    "usable_cores",
+]
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +113,14 @@ class ThreadGovernor:
         """A new loop (a stage: another step cost) starts: restart the clock and probe anew."""
         self._probe()
 
+    def loop(self) -> None:
+        """A new loop of steps begins (an HMC call of the evaluation): the time since the last
+        step is not a step, and a probe in progress starts over, since this loop's steps may
+        cost more or less than the last one's. Probes still come every ``every_s`` seconds."""
+        if self._probing:
+            self._probe()
+        self._last = self._clock()
+
     def step(self) -> None:
         """Record one finished training step; switch counts when a probe asks for it."""
         now = self._clock()
@@ -146,3 +164,38 @@ class ThreadGovernor:
 def _median(times: list[float]) -> float:
     # The first step after a switch runs with a cold thread pool: timed, not counted.
     return statistics.median(times[1:] or times)
+
+
+# The governor that library loops (HMC) report to: set by the runner around an evaluation
+# under ``--threads auto``; None (no governing) everywhere else.
+_ACTIVE: ContextVar[ThreadGovernor | None] = ContextVar("mmvae_bench_governor", default=None)
+
+
+@contextmanager
+def governed(governor: ThreadGovernor | None) -> Iterator[ThreadGovernor | None]:
+    """Within the block, :func:`loop_start` and :func:`loop_step` report to ``governor``
+    (None: to nobody), which is started (a probe) on entry."""
+    if governor is not None:
+        governor.start()
+    token = _ACTIVE.set(governor)
+    try:
+        yield governor
+    finally:
+        _ACTIVE.reset(token)
+
+
+def loop_start() -> None:
+    """A loop whose steps cost the same starts (one HMC call); see :meth:`ThreadGovernor.loop`.
+
+    A no-op outside :func:`governed`, so sampling code calls it unconditionally.
+    """
+    governor = _ACTIVE.get()
+    if governor is not None:
+        governor.loop()
+
+
+def loop_step() -> None:
+    """One step of that loop finished (an HMC iteration): :meth:`ThreadGovernor.step`."""
+    governor = _ACTIVE.get()
+    if governor is not None:
+        governor.step()

@@ -961,7 +961,14 @@ CASES: list[Case] = [
     Case(
         "evaluate-threads-zero",
         EVAL("--threads", "0"),
-        "threads must be >= 1, got 0",
+        "threads must be >= 1 or 'auto', got '0'",
+        setup=(copy_run,),
+        writable=EVAL_AREA,
+    ),
+    Case(
+        "evaluate-threads-word",
+        EVAL("--threads", "many"),
+        "threads must be >= 1 or 'auto', got 'many'",
         setup=(copy_run,),
         writable=EVAL_AREA,
     ),

@@ -148,3 +148,21 @@ def test_evaluate_hmc_sampler_is_recorded_and_kept(run_dir: Path) -> None:
     assert _record(run_dir)["protocol"]["version"] == "quick-1-hmc-adaptive"
     assert runner.invoke(app, [*args, "--hmc", "paper"]).exit_code == 0
     assert _record(run_dir)["protocol"]["version"] == "quick-1"
+
+
+@pytest.mark.slow
+def test_evaluate_threads_auto_is_recorded_and_gives_the_same_numbers(run_dir: Path) -> None:
+    args = ["evaluate", str(run_dir), "--no-fid"]
+    assert runner.invoke(app, [*args, "--threads", "1"]).exit_code == 0
+    one = _record(run_dir)
+    res = runner.invoke(app, [*args, "--threads", "auto"])
+    assert res.exit_code == 0, res.output
+    auto = _record(run_dir)
+    assert auto["evaluations"][-1]["environment"]["threads"] == "auto"
+    # Two modalities: no subset needs HMC, so the governor counted no iteration.
+    assert auto["metrics"]["eval_timings"]["hmc_thread_steps"] == {}
+    assert "hmc_thread_steps" not in one["metrics"]["eval_timings"]
+    for key in ("conditional_coherence", "joint_coherence"):
+        assert auto["metrics"][key] == one["metrics"][key], key
+    bad = runner.invoke(app, [*args, "--threads", "0"])
+    assert bad.exit_code == 2 and "--threads must be >= 1 or 'auto'" in bad.output

@@ -65,3 +65,38 @@ def test_a_probe_restarts_at_each_stage_and_one_core_means_one_thread() -> None:
     single.start()
     machine.run(single, 5)
     assert single.steps == {1: 5} and torch.get_num_threads() == 1
+
+
+def test_a_new_loop_restarts_a_probe_and_its_gap_is_not_a_step() -> None:
+    # Evaluation: HMC calls of different costs, with decoding between them.
+    machine = Machine({1: 0.1, 2: 0.06})
+    gov = ThreadGovernor(2, window=3, every_s=1e9, clock=machine.clock)
+    gov.start()
+    machine.run(gov, 2)  # a probe in progress at 1 thread...
+    machine.t += 50.0  # ...then 50 s of decoding between two HMC calls
+    gov.loop()
+    machine.cost = {1: 0.4, 2: 0.24}  # this call's iterations cost 4x more at either count
+    seen = machine.run(gov, 12)
+    # The probe started over: window + 1 fresh steps at 1 thread (not the 2 it still needed),
+    # so neither the 50 s gap nor the cheaper call's steps were timed as this call's.
+    assert seen[:4] == [1, 1, 1, 2] and seen[-1] == 2
+    assert sum(gov.steps.values()) == 14
+
+
+def test_hmc_reports_its_iterations_to_the_governor_only_when_governed() -> None:
+    from mmvae_bench.hmc import HMCSettings, hmc_sample
+    from mmvae_bench.threads import governed
+
+    def log_prob(z: torch.Tensor) -> torch.Tensor:
+        return -0.5 * (z * z).sum(-1)
+
+    z0 = torch.zeros(8, 2)
+    settings = HMCSettings(steps=5, n_leapfrog=2, step_size=0.1)
+    adaptive = HMCSettings(kind="adaptive", warmup=3, steps=4, n_leapfrog=2, step_size=0.1)
+    gov = ThreadGovernor(2, window=2, every_s=1e9)
+    with governed(gov):
+        hmc_sample(log_prob, z0, settings)
+        hmc_sample(log_prob, z0, adaptive)
+    assert sum(gov.steps.values()) == 5 + 3 + 4  # one step per sampling iteration
+    hmc_sample(log_prob, z0, settings)  # outside the block: nobody is told
+    assert sum(gov.steps.values()) == 12
