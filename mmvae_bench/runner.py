@@ -180,18 +180,14 @@ def train_settings(cfg: RunConfig, plan: dict[str, int], progress: bool) -> Trai
     )
 
 
-def evaluation_governor(threads: int | str, device: torch.device) -> ThreadGovernor | None:
-    """Under ``--threads auto`` on the CPU, the governor of an evaluation's HMC iterations."""
-    if threads != "auto" or device.type != "cpu":
-        return None
-    return ThreadGovernor(start_threads(threads))
-
-
 def _evaluate_governed(
-    governor: ThreadGovernor | None, evaluate: Callable[[], dict[str, Any]]
+    threads: int | str, device: torch.device, evaluate: Callable[[], dict[str, Any]]
 ) -> dict[str, Any]:
-    """``evaluate()``'s metrics, its HMC iterations reported to ``governor`` (if any); the
-    iterations run at each thread count go into ``eval_timings.hmc_thread_steps``."""
+    """``evaluate()``'s metrics. Under ``--threads auto`` on the CPU its HMC iterations report
+    to a :class:`ThreadGovernor`, and how many ran at each count goes into
+    ``eval_timings.hmc_thread_steps``."""
+    auto = threads == "auto" and device.type == "cpu"
+    governor = ThreadGovernor(start_threads(threads)) if auto else None
     with governed(governor):
         metrics = evaluate()
     if governor is not None and isinstance(metrics.get("eval_timings"), dict):
@@ -405,7 +401,8 @@ def _run_claimed(
             t1 = time.perf_counter()
             say(f"evaluating ({protocol.name} protocol)")
             record.metrics = _evaluate_governed(
-                evaluation_governor(cfg.threads, device),
+                cfg.threads,
+                device,
                 lambda: evaluate_model(
                     model,
                     dataset,
@@ -675,7 +672,8 @@ def evaluate_run(
         say(f"evaluating {record.run_id} ({proto.name} protocol) on {dev}")
         t0 = time.perf_counter()
         metrics = _evaluate_governed(
-            evaluation_governor(threads, dev),
+            threads,
+            dev,
             lambda: evaluate_model(
                 model,
                 dataset,
