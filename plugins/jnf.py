@@ -380,8 +380,8 @@ def mmvae_bench_models() -> list[ModelEntry]:
             defaults={
                 # The demo budget (issue 2): `make demo` on the 2-core CPU reaches one-input
                 # conditional coherence 0.56 with 20 + 20 epochs; every shorter budget measured
-                # (batch 32/64/128, cosine or constant rate: BENCHMARKS.md, "make demo") stayed
-                # at or below 0.52.
+                # (batch 32/64/128, cosine or constant rate, stage 1 at batch 32 over three
+                # seeds: BENCHMARKS.md, "make demo") reached less.
                 "polymnist-lite": {"lr": 2e-3, "epochs_joint": 20, "epochs_unimodal": 20},
                 "circles-squares": {"epochs_joint": 30, "epochs_unimodal": 20},
             },
