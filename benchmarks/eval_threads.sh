@@ -31,11 +31,12 @@ while True:
     "$bin" evaluate "$tmp/r" --protocol quick --no-fid --threads "$threads" >"$tmp/log" 2>&1
     end=$("$py" -c 'import time; print(time.perf_counter())')
     if [ -n "$load" ]; then kill "$load" && wait "$load" 2>/dev/null || true; load=; fi
-    "$py" - "$tmp/r/results.json" "$loaded" "$threads" "$start" "$end" <<'PY' | tee -a "$out"
+    "$py" - "$tmp/r" "$loaded" "$threads" "$start" "$end" <<'PY' | tee -a "$out"
 import json, sys
-from mmvae_bench.results import cpu_name
+from pathlib import Path
+from mmvae_bench.results import RunRecord, cpu_name
 path, loaded, threads, start, end = sys.argv[1:]
-m = json.load(open(path))["metrics"]
+m = RunRecord.load(Path(path)).metrics
 by = m["conditional_coherence_by_size"]
 print(json.dumps({
     "cpu": cpu_name(), "loaded": loaded == "1", "threads": threads,

@@ -190,7 +190,7 @@ def _evaluate_governed(
     governor = ThreadGovernor(start_threads(threads)) if auto else None
     with governed(governor):
         metrics = evaluate()
-    if governor is not None and isinstance(metrics.get("eval_timings"), dict):
+    if governor is not None:  # evaluate_model always writes eval_timings
         steps = {str(n): k for n, k in sorted(governor.steps.items())}
         metrics["eval_timings"]["hmc_thread_steps"] = steps
     return metrics
