@@ -24,6 +24,7 @@ from mmvae_bench.config import (
     Device,
     HMCName,
     LRSchedule,
+    MemoryFormat,
     Precision,
     ProtocolName,
     RunConfig,
@@ -89,6 +90,10 @@ PluginOpt = Annotated[
 # Options several commands share, declared once.
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or auto.")]
 ThreadsOpt = Annotated[int, typer.Option(help="torch threads.")]
+MEMORY_FORMAT_HELP = (
+    "The nets' memory format while training: contiguous, channels-last, or auto (each stage "
+    "times both at its start and keeps the faster; the choice changes a run's last digits)."
+)
 PublishedDataOpt = Annotated[Path | None, typer.Option(help="Where published datasets live.")]
 CacheDirOpt = Annotated[Path, typer.Option(help="Dataset/classifier cache.")]
 DEFAULT_CACHE = DEFAULT_CACHE_DIR
@@ -259,6 +264,7 @@ def run(
     data_dir: PublishedDataOpt = None,
     cache_dir: CacheDirOpt = DEFAULT_CACHE,
     precision: Annotated[str, typer.Option(help="Mixed precision: no, bf16, fp16.")] = "no",
+    memory_format: Annotated[str, typer.Option(help=MEMORY_FORMAT_HELP)] = "contiguous",
     compile_: Annotated[
         bool, typer.Option("--compile", help="torch.compile the nets and HMC's flow kernels.")
     ] = False,
@@ -345,6 +351,7 @@ def run(
         epochs=parse_epochs(epochs),
         overrides=overrides,
         precision=coerce_value("--precision", precision, Precision),
+        memory_format=coerce_value("--memory-format", memory_format, MemoryFormat),
         compile=compile_,
         evaluate=evaluate,
         classifier_weights=classifier_weights,
@@ -697,6 +704,7 @@ def sweep(
     ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or auto (default: auto).")] = None,
     precision: Annotated[str | None, typer.Option(help="Mixed precision: no, bf16, fp16.")] = None,
+    memory_format: Annotated[str | None, typer.Option(help=MEMORY_FORMAT_HELP)] = None,
     evaluate: Annotated[
         bool | None, typer.Option("--evaluate/--no-evaluate", help="Evaluate each trial.")
     ] = None,

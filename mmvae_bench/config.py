@@ -32,6 +32,8 @@ __all__ = [
 
 Device = Literal["cpu", "cuda", "auto"]
 Precision = Literal["no", "bf16", "fp16"]
+# The nets' memory format while a stage trains, see mmvae_bench.memory_format
+MemoryFormat = Literal["contiguous", "channels-last", "auto"]
 SamplerKind = Literal["prior", "gmm", "flow"]  # latent samplers, see mmvae_bench.samplers
 FIDKind = Literal["classifier", "inception"]  # FID feature extractors, see eval/fid.py
 ProtocolName = Literal["full", "quick"]  # evaluation protocols, see eval/protocol.py
@@ -65,6 +67,9 @@ class RunConfig:
         overrides: model config fields set by the user (``--set``), already typed.
         precision: mixed precision through accelerate (``no``, ``bf16``, ``fp16``).
         compile: wrap the model's hot modules with ``torch.compile``.
+        memory_format: the nets' memory format while a stage trains: ``contiguous``,
+            ``channels-last``, or ``auto`` (each stage keeps the faster, measured at its start;
+            :mod:`mmvae_bench.memory_format`). Checkpoints are contiguous either way.
         evaluate: run the evaluation protocol after training.
         classifier_weights: folder of coherence-classifier weights ``<modality>.pt`` (published
             or the user's) used instead of the cached/trained ones.
@@ -106,6 +111,7 @@ class RunConfig:
     overrides: Mapping[str, Any] = field(default_factory=dict)
     precision: Precision = "no"
     compile: bool = False
+    memory_format: MemoryFormat = "contiguous"
     evaluate: bool = True
     classifier_weights: Path | None = None
     sampler: SamplerKind = "prior"
@@ -122,11 +128,16 @@ class RunConfig:
     lr_schedule: LRSchedule | None = None
 
     def __post_init__(self) -> None:
-        for name in ("model", "dataset", "device", "protocol", "precision"):
+        for name in ("model", "dataset", "device", "protocol", "precision", "memory_format"):
             value = getattr(self, name)
             if not isinstance(value, str):
                 raise BenchError(f"{name} must be a string, got {value!r}")
-        for name, typ in (("device", Device), ("protocol", ProtocolName), ("precision", Precision)):
+        for name, typ in (
+            ("device", Device),
+            ("protocol", ProtocolName),
+            ("precision", Precision),
+            ("memory_format", MemoryFormat),
+        ):
             coerce_value(name, getattr(self, name), typ)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise BenchError(f"seed must be an integer, got {self.seed!r}")

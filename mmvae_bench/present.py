@@ -60,7 +60,8 @@ def print_record(record: RunRecord, run_dir: Path) -> None:
     t.add_column("metric")
     t.add_column("value", justify="right")
     for name, s in record.stages.items():
-        _row(t, f"stage {name}", f"{s.wall_s:.1f} s, {s.samples_per_s:.0f} samples/s")
+        fmt = "" if s.memory_format == "contiguous" else f", {s.memory_format}"
+        _row(t, f"stage {name}", f"{s.wall_s:.1f} s, {s.samples_per_s:.0f} samples/s{fmt}")
     m = record.metrics
     for k, v in m.get(P.COND_COHERENCE_BY_SIZE, {}).items():
         _row(t, f"conditional coherence |S|={k}", f"{v['mean']:.3f} ± {v['std']:.3f}")

@@ -60,8 +60,8 @@ __all__ = [
 #: Version of the record schema this code writes. 1: the untyped record of mmvae-bench <= 0.1
 #: (no ``epochs``, ``plugins``, ``command``, ``uid``); 2: without ``preset``, ``imported`` and
 #: the stages' ``validation_loss``/``best_epoch``; 3: without the stages' ``thread_steps``;
-#: 4: this schema.
-SCHEMA_VERSION = 4
+#: 4: without the stages' ``memory_format``; 5: this schema.
+SCHEMA_VERSION = 5
 RECORD_FILE = "results.json"
 # The sample grids in a run folder (written by `run` and `evaluate`, linked by leaderboards).
 COND_GRID = "samples.png"
@@ -110,6 +110,10 @@ class StageRecord:
     best_epoch: int | None = None  # the kept epoch (1-based) under keep_best
     # ``--threads auto``: training steps run at each torch thread count, ``{"1": n, "2": m}``
     thread_steps: dict[str, int] = field(default_factory=dict)
+    # ``--memory-format``: the nets' format in this stage; under ``auto`` each format's median
+    # probe step, ms (:mod:`mmvae_bench.memory_format`)
+    memory_format: str = "contiguous"
+    memory_format_probe_ms: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -326,6 +330,10 @@ def migrate(raw: Any) -> dict[str, Any]:
     if data["schema"] == 3:
         # Schema 4 added the stages' optional ``thread_steps`` (``--threads auto``).
         data["schema"] = 4
+    if data["schema"] == 4:
+        # Schema 5 added the stages' optional ``memory_format`` (``--memory-format``): every
+        # earlier run trained in the contiguous format, the field's default.
+        data["schema"] = 5
     return data
 
 

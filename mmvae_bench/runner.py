@@ -177,6 +177,7 @@ def train_settings(cfg: RunConfig, plan: dict[str, int], progress: bool) -> Trai
         keep_best=bool(cfg.keep_best),
         lr_schedule=cfg.lr_schedule or "constant",
         adapt_threads=start_threads(cfg.threads) if cfg.threads == "auto" else 0,
+        memory_format=cfg.memory_format,
     )
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from mmvae_bench.config import (
     MAX_SEED,
     Device,
+    MemoryFormat,
     Precision,
     RunConfig,
     SamplerKind,
@@ -83,6 +84,7 @@ SWEEP_KEYS = (
     "data_dir",
     "device",
     "precision",
+    "memory_format",
     "evaluate",
     "sampler",
     "fid",
@@ -353,6 +355,9 @@ def sweep_config(values: Mapping[str, Any], registry: Registry) -> SweepConfig:
         epochs=_epochs(values.get("epochs")),
         overrides=overrides,
         precision=coerce_value("precision", values.get("precision", "no"), Precision),
+        memory_format=coerce_value(
+            "memory_format", values.get("memory_format", "contiguous"), MemoryFormat
+        ),
         evaluate=_bool(values, "evaluate", True),
         sampler=coerce_value("sampler", values.get("sampler", "prior"), SamplerKind),
         fid=fid_extractor(values.get("fid"), values.get("inception_weights")),

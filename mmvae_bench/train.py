@@ -20,6 +20,7 @@ from mmvae_bench.data.memory import RESIDENT_SPLIT_HINT, require_device_memory
 from mmvae_bench.data.spec import MultimodalDataset, Split, iter_batches
 from mmvae_bench.errors import BenchError, NonFiniteLossError
 from mmvae_bench.flows import FlowPosterior
+from mmvae_bench.memory_format import MEMORY_FORMATS, probe, set_memory_format, supports
 from mmvae_bench.model import MultimodalVAE, Stage
 from mmvae_bench.threads import ThreadGovernor
 
@@ -65,6 +66,9 @@ class TrainSettings:
     # > 0: let a ThreadGovernor keep torch at the faster of 1 and this many threads, re-measured
     # every 30 s (``--threads auto``); 0: leave torch's thread count alone.
     adapt_threads: int = 0
+    # The nets' memory format while a stage trains: contiguous, channels-last, or auto (each
+    # stage keeps the faster, measured at its start; :mod:`mmvae_bench.memory_format`).
+    memory_format: str = "contiguous"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.validation < 1.0:
@@ -73,6 +77,10 @@ class TrainSettings:
             raise BenchError(f"lr_patience must be >= 0, got {self.lr_patience}")
         if self.keep_best and self.validation == 0.0:
             raise BenchError("keep_best needs a validation split (validation > 0)")
+        if self.memory_format not in MEMORY_FORMATS:
+            raise BenchError(
+                f"memory_format must be one of {list(MEMORY_FORMATS)}, got {self.memory_format!r}"
+            )
         if self.lr_schedule not in LR_SCHEDULES:
             raise BenchError(
                 f"lr_schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}"
@@ -97,6 +105,10 @@ class StageReport:
     best_epoch: int | None = None  # the epoch (1-based) whose parameters were kept
     # Under ``adapt_threads``: steps run at each torch thread count, ``{"1": n, "2": m}``.
     thread_steps: dict[str, int] = field(default_factory=dict)
+    # The nets' memory format in this stage, and under ``memory_format="auto"`` each format's
+    # median probe step in ms (empty when nothing was probed).
+    memory_format: str = "contiguous"
+    memory_format_probe_ms: dict[str, float] = field(default_factory=dict)
 
 
 def holdout(split: Split, fraction: float, seed: int) -> tuple[Split, Split | None]:
@@ -263,6 +275,10 @@ def train(
         # Nothing to precompute for a stage that trains no epoch (a pass over the whole split).
         cached = _precompute(model, x, stage.name, max(batch_size, 512)) if epochs > 0 else {}
         t_pre = time.perf_counter() - t0
+        # Before the optimizer: its state takes the format of the parameters.
+        fmt, probe_ms = _stage_memory_format(
+            model, stage, params, x, cached, batch_size, accelerator, settings.memory_format
+        )
         opt = accelerator.prepare_optimizer(make_adam(params, stage.lr))
         steps_per_epoch = max(1, n_train // batch_size)
         report = _run_stage(
@@ -281,6 +297,9 @@ def train(
             x_val,
             governor,
         )
+        if fmt != "contiguous":  # checkpoints and evaluation never depend on the choice
+            set_memory_format(model, "contiguous")
+        report.memory_format, report.memory_format_probe_ms = fmt, probe_ms
         report.wall_s += t_pre
         report.precompute_s = t_pre
         report.samples_per_s = report.samples / report.wall_s if report.wall_s > 0 else 0.0
@@ -293,6 +312,54 @@ def train(
     model.eval()
     model.requires_grad_(False)
     return reports
+
+
+def _stage_memory_format(
+    model: MultimodalVAE,
+    stage: Stage,
+    params: list[torch.nn.Parameter],
+    x: Split,
+    cached: Mapping[str, Tensor],
+    batch_size: int,
+    accelerator: Accelerator,
+    requested: str,
+) -> tuple[str, dict[str, float]]:
+    """Put ``model`` in the stage's memory format; returns it and the probe's step times.
+
+    ``auto`` probes on the first batch of the split (not drawn from the batch generator):
+    forward and backward only, inside a forked random state, with the buffers (BatchNorm
+    statistics) restored and the gradients dropped afterwards, so the stage trains exactly as
+    it would have in the chosen format without a probe. Nets without convolutions, a compiled
+    model (a format change would recompile it) and a stage without steps stay contiguous.
+    """
+    if requested == "contiguous" or not supports(model):
+        return "contiguous", {}
+    if requested != "auto":
+        set_memory_format(model, requested)
+        return requested, {}
+    compiled = any(getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
+    if compiled or len(x) < batch_size:
+        return "contiguous", {}
+    batch, extra = next(iter_batches(x, batch_size, shuffle=False, extras=cached))
+    kwargs = {"epoch": 0.0} if stage.pass_epoch else {}
+
+    def step() -> None:
+        with accelerator.autocast():
+            out = model.loss(batch, stage.name, extra, **kwargs)
+        accelerator.backward(out["loss"])
+
+    device = accelerator.device
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        result = probe(model, step, sync=sync)
+    with torch.no_grad():
+        for k, b in model.named_buffers():
+            b.copy_(buffers[k])
+    for p in params:
+        p.grad = None
+    return result.chosen, {k: round(v, 3) for k, v in result.step_ms.items()}
 
 
 def rng_states(gen: torch.Generator) -> dict[str, Any]:

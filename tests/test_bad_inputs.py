@@ -410,6 +410,11 @@ CASES: list[Case] = [
     Case("run-threads-word", RUN("--threads", "many"), "must be >= 1 or 'auto', got 'many'"),
     Case("run-device-tpu", RUN("--device", "tpu"), "--device must be one of"),
     Case(
+        "run-memory-format-nchw",
+        RUN("--memory-format", "nchw"),
+        "--memory-format must be one of ['contiguous', 'channels-last', 'auto'], got 'nchw'",
+    ),
+    Case(
         "run-device-cuda-without-gpu",
         RUN("--device", "cuda"),
         "no CUDA device",
@@ -1183,6 +1188,11 @@ CASES: list[Case] = [
     Case("sweep-device-tpu", SWEEP("--device", "tpu"), "device must be one of"),
     Case("sweep-cuda-without-gpus", SWEEP("--device", "cuda"), "needs gpus_per_trial > 0"),
     Case("sweep-precision-fp8", SWEEP("--precision", "fp8"), "precision must be one of"),
+    Case(
+        "sweep-memory-format-nhwc",
+        SWEEP("--memory-format", "nhwc"),
+        "memory_format must be one of ['contiguous', 'channels-last', 'auto'], got 'nhwc'",
+    ),
     Case("sweep-sampler-vae", SWEEP("--sampler", "vae"), "sampler must be one of"),
     Case("sweep-protocol-unknown", SWEEP("--protocol", "fast"), "protocol must be one of"),
     Case(
